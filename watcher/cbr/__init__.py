@@ -1,0 +1,1 @@
+"""The Huawei Cloud CBR API: models, errors, auth and the HTTP client."""

@@ -1,0 +1,72 @@
+"""Every way a CBR call can fail, reduced to the five kinds the engine acts on."""
+
+from __future__ import annotations
+
+
+class CbrError(Exception):
+    """A failed CBR call. `kind` is what the engine branches on; the rest is for logs."""
+
+    kind = "error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        http_status: int | None = None,
+        error_code: str | None = None,
+        request_id: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.http_status = http_status
+        self.error_code = error_code
+        self.request_id = request_id
+
+    @property
+    def code_label(self) -> str:
+        """A short, bounded label for metrics: the HTTP status or the failure kind."""
+        return str(self.http_status) if self.http_status is not None else self.kind
+
+
+class AuthError(CbrError):
+    """401: the token is missing, wrong or expired, or a signature was rejected."""
+
+    kind = "auth"
+
+
+class NotFoundError(CbrError):
+    """404 BackupService.6500: CBR does not know this operation log (yet, or at all)."""
+
+    kind = "not_found"
+
+
+class ThrottledError(CbrError):
+    """429 APIGW.0308: over the API rate limit. `retry_after` is the header, when present."""
+
+    kind = "throttled"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        http_status: int | None = 429,
+        error_code: str | None = None,
+        request_id: str | None = None,
+    ) -> None:
+        super().__init__(
+            message, http_status=http_status, error_code=error_code, request_id=request_id
+        )
+        self.retry_after = retry_after
+
+
+class TransientError(CbrError):
+    """Worth retrying: 5xx, timeouts, connection resets, a body that is not the documented JSON."""
+
+    kind = "transient"
+
+
+class FatalError(CbrError):
+    """Retrying the same request will not help without a human: 403, 400 and other 4xx."""
+
+    kind = "fatal"
