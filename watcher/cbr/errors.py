@@ -15,16 +15,20 @@ class CbrError(Exception):
         http_status: int | None = None,
         error_code: str | None = None,
         request_id: str | None = None,
+        label: str | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.http_status = http_status
         self.error_code = error_code
         self.request_id = request_id
+        self._label = label
 
     @property
     def code_label(self) -> str:
-        """A short, bounded label for metrics: the HTTP status or the failure kind."""
+        """A short, bounded label for metrics: "timeout", "malformed", the HTTP status, …"""
+        if self._label:
+            return self._label
         return str(self.http_status) if self.http_status is not None else self.kind
 
 
@@ -53,9 +57,14 @@ class ThrottledError(CbrError):
         http_status: int | None = 429,
         error_code: str | None = None,
         request_id: str | None = None,
+        label: str | None = None,
     ) -> None:
         super().__init__(
-            message, http_status=http_status, error_code=error_code, request_id=request_id
+            message,
+            http_status=http_status,
+            error_code=error_code,
+            request_id=request_id,
+            label=label,
         )
         self.retry_after = retry_after
 
