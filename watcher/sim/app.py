@@ -1,0 +1,279 @@
+"""The simulator's HTTP face: ShowOpLog and ListOpLogs as CBR serves them, plus /_sim/ control.
+
+Every CBR API request passes one middleware, in this order: log it, add latency (on the
+simulator's clock), reject unknown paths (404 `APIGW.0101`), authenticate (401 `APIGW.0301`),
+check the project (403), inject a scripted or random fault, and finally answer. Requests that
+fail authentication therefore do not consume a task's scripted faults.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from watcher.sim import bodies
+from watcher.sim.faults import Fault
+from watcher.sim.specs import spec_from_mapping
+from watcher.sim.tasks import matches, task_state
+
+if TYPE_CHECKING:
+    from watcher.sim.simulator import SimRequest, Simulator
+
+API_PREFIX = "/v3/"
+SHOW_PATH = "/v3/{project_id}/operation-logs/{operation_log_id}"
+LIST_PATH = "/v3/{project_id}/operation-logs"
+LIST_FILTERS = (
+    "status",
+    "operation_type",
+    "vault_id",
+    "vault_name",
+    "resource_id",
+    "resource_name",
+    "provider_id",
+)
+MAX_LIMIT = 1000
+TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def json_response(status: int, body: object, headers: dict[str, str] | None = None) -> web.Response:
+    """A JSON response with CBR's exact content type."""
+    data = json.dumps(body, ensure_ascii=False).encode()
+    return raw_response(status, data, headers)
+
+
+def raw_response(status: int, data: bytes, headers: dict[str, str] | None = None) -> web.Response:
+    """A response whose body is sent byte for byte, labelled as CBR's JSON."""
+    return web.Response(
+        status=status,
+        body=data,
+        headers={"Content-Type": bodies.JSON_CONTENT_TYPE, **(headers or {})},
+    )
+
+
+def make_app(sim: Simulator) -> web.Application:
+    """The full application: the two CBR endpoints and the control API."""
+    api = _CbrApi(sim)
+    control = _ControlApi(sim)
+    app = web.Application(middlewares=[api.middleware])
+    app.router.add_get(LIST_PATH, api.list_logs)
+    app.router.add_get(SHOW_PATH, api.show_log)
+    app.router.add_post("/_sim/tasks", control.add_tasks)
+    app.router.add_get("/_sim/tasks", control.list_tasks)
+    app.router.add_get("/_sim/tasks/{task_id}/requests", control.task_requests)
+    app.router.add_get("/_sim/stats", control.stats)
+    app.router.add_put("/_sim/auth", control.set_auth)
+    return app
+
+
+class _CbrApi:
+    """ShowOpLog, ListOpLogs and the middleware that makes them misbehave on demand."""
+
+    def __init__(self, sim: Simulator) -> None:
+        self.sim = sim
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Log, delay, authenticate and fault-inject every request under /v3/."""
+        if not request.path.startswith(API_PREFIX):
+            return await handler(request)
+        task_id = request.match_info.get("operation_log_id")
+        entry = self.sim.record(request.method, request.path, request.query_string, task_id)
+        request_id = self.sim.new_request_id()
+        response = await self._answer(request, handler, entry, request_id)
+        if entry.fault in ("hang", "reset"):
+            return response
+        response.headers["X-Request-Id"] = request_id
+        entry.status = response.status
+        return response
+
+    async def _answer(
+        self, request: web.Request, handler: Handler, entry: SimRequest, request_id: str
+    ) -> web.StreamResponse:
+        sim = self.sim
+        delay = sim.faults.latency()
+        if delay > 0:
+            await sim.clock.sleep(delay)
+        if request.match_info.http_exception is not None:
+            return json_response(404, bodies.unknown_api(request_id))
+        reason = sim.auth.check(request)
+        if reason is not None:
+            return json_response(401, bodies.unauthorized(reason, request_id))
+        if request.match_info["project_id"] != sim.project_id:
+            return json_response(403, bodies.forbidden(request_id))
+        fault = sim.faults.next_fault(entry.task_id)
+        if fault is None:
+            return await handler(request)
+        entry.fault = fault.name
+        return await self._inject(fault, request, handler, request_id)
+
+    async def _inject(
+        self, fault: Fault, request: web.Request, handler: Handler, request_id: str
+    ) -> web.StreamResponse:
+        if fault.kind == "http":
+            status = fault.status or 500
+            return json_response(status, bodies.server_error(status, request_id))
+        if fault.kind == "throttle":
+            headers = {}
+            if fault.retry_after is not None:
+                headers["Retry-After"] = f"{fault.retry_after:g}"
+            return json_response(429, bodies.throttled(request_id), headers)
+        if fault.kind == "unauthorized":
+            return json_response(401, bodies.unauthorized("decrypt token fail", request_id))
+        if fault.kind == "not_found":
+            return json_response(404, bodies.NOT_FOUND)
+        if fault.kind == "malformed":
+            return await self._malformed(fault, request, handler)
+        if fault.kind == "hang":
+            # Released when the client gives up (the runner cancels the handler) or the
+            # simulator shuts down; either way no response is ever written.
+            await self.sim.closing.wait()
+        _abort(request)
+        return web.Response(status=500)
+
+    async def _malformed(
+        self, fault: Fault, request: web.Request, handler: Handler
+    ) -> web.StreamResponse:
+        real = await handler(request)
+        if fault.variant == "truncated" and isinstance(real, web.Response) and real.status == 200:
+            data = real.body if isinstance(real.body, bytes) else b"{}"
+            return raw_response(200, data[: max(1, len(data) * 2 // 3)])
+        key = "operation_logs" if "operation_log_id" not in request.match_info else "operation_log"
+        return json_response(200, {key: "oops"})
+
+    async def show_log(self, request: web.Request) -> web.StreamResponse:
+        """GET /v3/{project_id}/operation-logs/{operation_log_id}."""
+        now = self.sim.clock.wall()
+        task = self.sim.tasks.get(request.match_info["operation_log_id"])
+        if task is None or not task.visible(now):
+            return json_response(404, bodies.NOT_FOUND)
+        log = bodies.operation_log(task, task_state(task, now), self.sim.project_id)
+        return json_response(200, {"operation_log": log})
+
+    async def list_logs(self, request: web.Request) -> web.StreamResponse:
+        """GET /v3/{project_id}/operation-logs with filters and offset/limit paging."""
+        query = request.query
+        try:
+            limit = _int_param(query.get("limit"), "limit", MAX_LIMIT, 1, MAX_LIMIT)
+            offset = _int_param(query.get("offset"), "offset", 0, 0, None)
+            after = _time_param(query.get("start_time"), "start_time")
+            before = _time_param(query.get("end_time"), "end_time")
+        except ValueError as error:
+            return json_response(400, bodies.bad_parameter(str(error)))
+        filters = {key: query[key] for key in LIST_FILTERS if key in query}
+        now = self.sim.clock.wall()
+        found = []
+        for task in self.sim.tasks.values():
+            if not task.visible(now):
+                continue
+            # A time window over creation time: which timestamp CBR filters on is unverified.
+            if (after is not None and task.created_wall < after) or (
+                before is not None and task.created_wall > before
+            ):
+                continue
+            state = task_state(task, now)
+            if matches(task, state.status, filters):
+                found.append((task, state))
+        found.sort(key=lambda pair: (-pair[0].created_wall, pair[0].id))
+        page = found[offset : offset + limit]
+        logs = [bodies.operation_log(task, state, self.sim.project_id) for task, state in page]
+        return json_response(
+            200, {"operation_logs": logs, "count": len(found), "limit": limit, "offset": offset}
+        )
+
+
+def _int_param(raw: str | None, name: str, default: int, low: int, high: int | None) -> int:
+    if raw is None:
+        return default
+    text = raw.strip()
+    value = int(text) if text.isdigit() else -1
+    if value < low or (high is not None and value > high):
+        bounds = f"from {low} to {high}" if high is not None else f"of at least {low}"
+        raise ValueError(f"Invalid parameter {name}: expected an integer {bounds}, got {raw!r}.")
+    return value
+
+
+def _time_param(raw: str | None, name: str) -> float | None:
+    if raw is None or raw == "":
+        return None
+    try:
+        return datetime.strptime(raw, TIME_FORMAT).replace(tzinfo=UTC).timestamp()
+    except ValueError:
+        raise ValueError(
+            f"Invalid parameter {name}: expected a time like 2018-02-01T12:00:00Z, got {raw!r}."
+        ) from None
+
+
+def _abort(request: web.Request) -> None:
+    """Drop the connection without a response, like a reset from a load balancer."""
+    transport = request.transport
+    if transport is not None:
+        transport.abort()
+
+
+class _ControlApi:
+    """/_sim/: add tasks, read request counts, rotate tokens. No auth: it is a test tool."""
+
+    def __init__(self, sim: Simulator) -> None:
+        self.sim = sim
+
+    async def add_tasks(self, request: web.Request) -> web.StreamResponse:
+        """POST /_sim/tasks: one spec object or a list of them → 201 {"ids": [...]}."""
+        try:
+            body = await request.json()
+        except ValueError:
+            return json_response(400, {"error": "body is not valid JSON"})
+        items = body if isinstance(body, list) else [body]
+        try:
+            specs = [
+                spec_from_mapping(item, f"tasks[{position}]" if isinstance(body, list) else "task")
+                for position, item in enumerate(items)
+            ]
+            ids = self.sim.add_tasks(specs)
+        except ValueError as error:
+            return json_response(400, {"error": str(error)})
+        return json_response(201, {"ids": ids})
+
+    async def list_tasks(self, request: web.Request) -> web.StreamResponse:
+        """GET /_sim/tasks: every task with its current status and progress."""
+        now = self.sim.clock.wall()
+        tasks = []
+        for task in self.sim.tasks.values():
+            state = task_state(task, now)
+            tasks.append(
+                {
+                    "id": task.id,
+                    "operation_type": task.spec.operation_type,
+                    "status": state.status,
+                    "progress": state.progress,
+                    "visible": task.visible(now),
+                    "requests": self.sim.request_count(task.id),
+                }
+            )
+        return json_response(200, {"tasks": tasks})
+
+    async def task_requests(self, request: web.Request) -> web.StreamResponse:
+        """GET /_sim/tasks/{id}/requests → {"task_id": ..., "requests": N}."""
+        task_id = request.match_info["task_id"]
+        return json_response(200, {"task_id": task_id, "requests": self.sim.request_count(task_id)})
+
+    async def stats(self, request: web.Request) -> web.StreamResponse:
+        """GET /_sim/stats → {"requests": total, "by_status": {"200": n, ...}}."""
+        return json_response(200, self.sim.stats())
+
+    async def set_auth(self, request: web.Request) -> web.StreamResponse:
+        """PUT /_sim/auth {"tokens": [...]} replaces the accepted tokens."""
+        try:
+            body = await request.json()
+        except ValueError:
+            return json_response(400, {"error": "body is not valid JSON"})
+        tokens = body.get("tokens") if isinstance(body, dict) else None
+        if not isinstance(tokens, list) or not all(isinstance(t, str) and t for t in tokens):
+            return json_response(400, {"error": 'expected {"tokens": ["<token>", ...]}'})
+        self.sim.set_tokens(tokens)
+        return json_response(200, {"tokens": len(tokens)})

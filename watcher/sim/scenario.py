@@ -1,0 +1,114 @@
+"""Scenario files: a seed, credentials, a fault profile and a list of tasks, in TOML.
+
+```toml
+seed = 7
+project_id = "04f1829c788037ac2fb8c01eb2b04b95"   # optional
+tokens = ["sim-token"]                            # optional
+[faults]                                          # optional, FaultProfile fields
+error_rate = 0.05
+[[tasks]]
+id = "backup-ecs-0001"                            # optional
+operation_type = "backup"
+outcome = "success"
+waiting = "10s"
+running = "4m"
+faults = ["http_503", "throttle:2"]
+```
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from watcher.clock import Clock
+from watcher.sim.faults import FaultProfile
+from watcher.sim.simulator import DEFAULT_PROJECT_ID, DEFAULT_TOKENS, Simulator
+from watcher.sim.specs import profile_from_mapping, spec_from_mapping
+from watcher.sim.tasks import SimTaskSpec
+from watcher.task_ids import TASK_ID_PATTERN
+
+SCENARIO_KEYS = frozenset({"seed", "project_id", "tokens", "faults", "tasks"})
+
+
+@dataclass
+class Scenario:
+    """Everything needed to build a Simulator and fill it with tasks."""
+
+    seed: int = 0
+    project_id: str = DEFAULT_PROJECT_ID
+    tokens: tuple[str, ...] = DEFAULT_TOKENS
+    faults: FaultProfile | None = None
+    tasks: list[SimTaskSpec] = field(default_factory=list)
+
+    def build(self, clock: Clock) -> Simulator:
+        """A Simulator on `clock` holding this scenario's tasks, all created now."""
+        sim = Simulator(
+            clock,
+            project_id=self.project_id,
+            tokens=self.tokens,
+            faults=self.faults,
+            seed=self.seed,
+        )
+        sim.add_tasks(self.tasks)
+        return sim
+
+
+def parse_scenario(data: Mapping[str, Any]) -> Scenario:
+    """A Scenario from parsed TOML; ValueError naming the bad key otherwise."""
+    for key in data:
+        if key not in SCENARIO_KEYS:
+            raise ValueError(f"{key}: unknown key (known: {', '.join(sorted(SCENARIO_KEYS))})")
+    scenario = Scenario()
+    if "seed" in data:
+        seed = data["seed"]
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ValueError("seed: expected an integer")
+        scenario.seed = seed
+    if "project_id" in data:
+        project_id = data["project_id"]
+        if not isinstance(project_id, str) or not TASK_ID_PATTERN.fullmatch(project_id):
+            raise ValueError("project_id: expected letters, digits, '_' or '-'")
+        scenario.project_id = project_id
+    if "tokens" in data:
+        tokens = data["tokens"]
+        if not isinstance(tokens, list) or not all(isinstance(t, str) and t for t in tokens):
+            raise ValueError("tokens: expected a list of non-empty strings")
+        scenario.tokens = tuple(tokens)
+    if "faults" in data:
+        scenario.faults = profile_from_mapping(data["faults"], "faults")
+    tasks = data.get("tasks", [])
+    if not isinstance(tasks, list):
+        raise ValueError("tasks: expected an array of tables ([[tasks]])")
+    scenario.tasks = [spec_from_mapping(item, f"tasks[{n}]") for n, item in enumerate(tasks)]
+    seen: set[str] = set()
+    for n, spec in enumerate(scenario.tasks):
+        if spec.id is not None and spec.id in seen:
+            raise ValueError(f"tasks[{n}].id: duplicate task ID {spec.id!r}")
+        seen.add(spec.id or "")
+    return scenario
+
+
+def load_scenario(path: str | Path) -> Scenario:
+    """Read and validate a scenario file; ValueError (starting with the path) when invalid."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        return parse_scenario(data)
+    except OSError as error:
+        raise ValueError(f"{path}: cannot read scenario: {error.strerror or error}") from None
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from None
+
+
+def builtin_scenario(name: str = "demo") -> Scenario:
+    """A scenario shipped inside the package (`watcher/sim/scenarios/NAME.toml`)."""
+    source = resources.files("watcher.sim").joinpath("scenarios").joinpath(f"{name}.toml")
+    try:
+        return parse_scenario(tomllib.loads(source.read_text(encoding="utf-8")))
+    except ValueError as error:
+        raise ValueError(f"built-in scenario {name!r}: {error}") from None
