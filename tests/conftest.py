@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Generator
+from collections.abc import AsyncIterator, Generator
+from pathlib import Path
 
 import pytest
 import structlog
+
+from tests.support import World
+from watcher.cbr.auth import TokenAuthenticator
+from watcher.cbr.client import CbrClient
+from watcher.clock import FakeClock
+from watcher.sim import Simulator
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -27,3 +34,22 @@ def _reset_structlog() -> Generator[None, None, None]:
     structlog.reset_defaults()
     yield
     structlog.reset_defaults()
+
+
+@pytest.fixture
+async def world(tmp_path: Path) -> AsyncIterator[World]:
+    """Everything on one FakeClock; the client reads its token from a file that tests rotate."""
+    clock = FakeClock()
+    sim = Simulator(clock, tokens=["token-1"], seed=11)
+    token_file = tmp_path / "token"
+    token_file.write_text("token-1\n")
+    async with sim.running() as base_url:
+        client = CbrClient(
+            endpoint=base_url,
+            project_id=sim.project_id,
+            auth=TokenAuthenticator(token_file=token_file),
+            clock=clock,
+            request_timeout=10.0,
+        )
+        async with client:
+            yield World(clock, sim, base_url, client, token_file)

@@ -1,0 +1,492 @@
+"""The watch engine: one scheduler over a task table.
+
+A min-heap of due times, a bounded number of requests in flight and one request budget
+shared by every watch. *When* to poll comes from `watcher.schedule`; this module does the I/O,
+turns poll results into status transitions and events, and logs state changes only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import random
+from collections import deque
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import structlog
+
+from watcher import schedule
+from watcher.budget import RequestBudget
+from watcher.cbr.errors import (
+    AuthError,
+    CbrError,
+    NotFoundError,
+    ThrottledError,
+)
+from watcher.cbr.models import OperationLog
+from watcher.clock import Clock
+from watcher.events import (
+    TASK_PROGRESS,
+    TASK_STARTED,
+    TERMINAL_EVENT_FOR_STATUS,
+    WATCH_EXPIRED,
+    WATCH_NOT_FOUND,
+    EventSink,
+    TaskEvent,
+    discard_events,
+)
+from watcher.task_ids import validate_task_id
+
+log = structlog.get_logger("watcher.engine")
+
+HEARTBEAT = 1.0
+"""The loop turns at least this often (fake or real seconds), even with nothing due."""
+
+
+class CbrApi(Protocol):
+    """The part of the CBR client the engine uses."""
+
+    async def show_op_log(self, task_id: str) -> OperationLog:
+        """Fetch one task."""
+        ...
+
+    async def reload_credentials(self) -> None:
+        """Re-read credentials after a 401."""
+        ...
+
+
+@dataclass(slots=True)
+class WatchedTask:
+    """One row of the task table."""
+
+    task_id: str
+    labels: dict[str, str]
+    source: str
+    added_wall: float
+    status: str | None = None
+    progress: int | None = None
+    operation_log: OperationLog | None = None
+    started_wall: float | None = None
+    """When the watcher first saw it running."""
+    last_change_wall: float | None = None
+    last_progress_wall: float | None = None
+    ended_wall: float | None = None
+    end_reason: str | None = None
+    """The terminal CBR status, or "not_found" / "expired"."""
+    polls: int = 0
+    poll_state: schedule.PollState = field(default_factory=schedule.PollState)
+    due: float = 0.0
+    generation: int = 0
+    in_flight: bool = False
+    warned_statuses: set[str] = field(default_factory=set)
+
+    @property
+    def ended(self) -> bool:
+        """Whether the watch is over."""
+        return self.end_reason is not None
+
+
+@dataclass(slots=True)
+class EngineStats:
+    """Counters for logs, the demo summary and benchmarks."""
+
+    polls_started: int = 0
+    polls_ok: int = 0
+    polls_failed: int = 0
+    lag_samples: deque[float] = field(default_factory=lambda: deque(maxlen=200_000))
+    """Scheduling lag of recent polls: due time → request started, in seconds."""
+
+
+class Engine:
+    """Watches a changing set of CBR tasks until each reaches a terminal status."""
+
+    def __init__(
+        self,
+        *,
+        client: CbrApi,
+        clock: Clock,
+        policy: schedule.Policy,
+        max_concurrency: int = 32,
+        max_requests_per_second: float = 20.0,
+        on_event: EventSink = discard_events,
+        exit_when_done: bool = False,
+        retention: float = 900.0,
+        shutdown_grace: float = 5.0,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._client = client
+        self._clock = clock
+        self.policy = policy
+        self._max_concurrency = max_concurrency
+        self.budget = RequestBudget(max_requests_per_second)
+        self._on_event = on_event
+        self.exit_when_done = exit_when_done
+        self._retention = retention
+        self._shutdown_grace = shutdown_grace
+        self._rng = rng or random.Random()
+        self.tasks: dict[str, WatchedTask] = {}
+        self._heap: list[tuple[float, int, str, int]] = []
+        self._seq = itertools.count()
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._running: set[asyncio.Task[None]] = set()
+        self.stats = EngineStats()
+        self.last_turn = clock.monotonic()
+        self.upstream_failing_since: float | None = None
+        self._failures_while_failing = 0
+        self._active = 0
+        self._next_forget = 0.0
+
+    # ---- the task table -------------------------------------------------------------------
+
+    @property
+    def in_flight(self) -> int:
+        """Requests under way right now."""
+        return len(self._running)
+
+    def add(
+        self, task_id: str, labels: Mapping[str, str] | None = None, *, source: str = "config"
+    ) -> bool:
+        """Start watching `task_id` (polled at once). False if it is already in the table."""
+        validate_task_id(task_id)
+        existing = self.tasks.get(task_id)
+        if existing is not None:
+            if labels:
+                existing.labels.update(labels)
+            return False
+        task = WatchedTask(
+            task_id=task_id,
+            labels=dict(labels or {}),
+            source=source,
+            added_wall=self._clock.wall(),
+        )
+        self.tasks[task_id] = task
+        self._active += 1
+        self._schedule(task, 0.0)
+        log.info("task.watching", task_id=task_id, source=source)
+        return True
+
+    def remove(self, task_id: str) -> bool:
+        """Stop watching `task_id`; an in-flight poll finishes but changes nothing."""
+        task = self.tasks.pop(task_id, None)
+        if task is None:
+            return False
+        task.generation += 1
+        if not task.ended:
+            self._active -= 1
+        log.info("task.unwatched", task_id=task_id)
+        return True
+
+    def sync_source(self, source: str, task_ids: Iterable[str]) -> tuple[list[str], list[str]]:
+        """Make the unfinished tasks of `source` equal `task_ids`; returns (added, removed)."""
+        wanted = list(dict.fromkeys(task_ids))
+        added = [tid for tid in wanted if self.add(tid, source=source)]
+        wanted_set = set(wanted)
+        removed = [
+            tid
+            for tid, task in list(self.tasks.items())
+            if task.source == source and not task.ended and tid not in wanted_set
+        ]
+        for tid in removed:
+            self.remove(tid)
+        return added, removed
+
+    def active_count(self) -> int:
+        """Tasks still being watched."""
+        return self._active
+
+    def all_done(self) -> bool:
+        """Whether every task in the table has ended."""
+        return self._active == 0
+
+    def exit_code(self) -> int:
+        """SPEC §3: 0 when every task ended in success, 3 otherwise."""
+        ok = all(task.end_reason == "success" for task in self.tasks.values())
+        return 0 if ok else 3
+
+    # ---- the loop -------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Stop scheduling; `run` then drains in-flight requests and returns."""
+        self._stopping = True
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Schedule polls until `stop()` (or, with exit_when_done, until every task ended)."""
+        try:
+            while not self._stopping:
+                self.last_turn = self._clock.monotonic()
+                self._wake.clear()
+                wake_at = self._launch_due(self.last_turn)
+                self._forget_old()
+                if self.exit_when_done and self.all_done() and not self._running:
+                    break
+                delay = HEARTBEAT if wake_at is None else min(HEARTBEAT, wake_at - self.last_turn)
+                if delay > 0:
+                    try:
+                        async with self._clock.timeout(delay):
+                            await self._wake.wait()
+                    except TimeoutError:
+                        pass
+                else:
+                    await asyncio.sleep(0)
+        finally:
+            await self._drain()
+
+    def _launch_due(self, now: float) -> float | None:
+        """Start the due polls that concurrency and budget allow; return when to look again."""
+        while self._heap:
+            due, _, task_id, generation = self._heap[0]
+            task = self.tasks.get(task_id)
+            if task is None or task.generation != generation or task.ended:
+                heapq.heappop(self._heap)
+                continue
+            if len(self._running) >= self._max_concurrency:
+                return None  # a finishing poll sets the wake event
+            if due > now:
+                return due
+            allowed = self.budget.next_allowed(now)
+            if allowed > now:
+                return allowed
+            heapq.heappop(self._heap)
+            self.budget.try_acquire(now)
+            self.stats.polls_started += 1
+            self.stats.lag_samples.append(now - due)
+            task.in_flight = True
+            runner = asyncio.create_task(self._poll(task, generation), name=f"poll {task_id}")
+            self._running.add(runner)
+            runner.add_done_callback(self._poll_finished)
+        return None
+
+    def _poll_finished(self, runner: asyncio.Task[None]) -> None:
+        self._running.discard(runner)
+        self._wake.set()
+        if not runner.cancelled() and runner.exception() is not None:
+            log.error("engine.poll_crashed", error=repr(runner.exception()))
+
+    def _schedule(self, task: WatchedTask, delay: float) -> None:
+        task.generation += 1
+        task.due = self._clock.monotonic() + max(0.0, delay)
+        heapq.heappush(self._heap, (task.due, next(self._seq), task.task_id, task.generation))
+        self._wake.set()
+
+    def _forget_old(self) -> None:
+        """Drop ended tasks once their metrics retention is over (the table must not grow)."""
+        now = self._clock.monotonic()
+        if now < self._next_forget:
+            return
+        self._next_forget = now + min(60.0, max(1.0, self._retention / 10))
+        cutoff = self._clock.wall() - self._retention
+        stale = [
+            tid
+            for tid, task in self.tasks.items()
+            if task.ended_wall is not None and task.ended_wall < cutoff
+        ]
+        for tid in stale:
+            del self.tasks[tid]
+
+    async def _drain(self) -> None:
+        """Give in-flight polls `shutdown_grace` seconds to finish, then cancel them."""
+        if not self._running:
+            return
+        pending = set(self._running)
+        try:
+            async with self._clock.timeout(self._shutdown_grace):
+                await asyncio.gather(*pending, return_exceptions=True)
+        except TimeoutError:
+            for runner in pending:
+                runner.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+            log.warning("engine.polls_cancelled", count=len(pending))
+
+    # ---- one poll ---------------------------------------------------------------------------
+
+    async def _poll(self, task: WatchedTask, generation: int) -> None:
+        try:
+            operation_log = await self._client.show_op_log(task.task_id)
+        except CbrError as error:
+            if self._current(task, generation):
+                self.stats.polls_failed += 1
+                await self._on_failure(task, error)
+        else:
+            if self._current(task, generation):
+                self.stats.polls_ok += 1
+                self._upstream_ok()
+                await self._on_log(task, operation_log)
+        finally:
+            task.in_flight = False
+
+    def _current(self, task: WatchedTask, generation: int) -> bool:
+        """Whether the task is still watched and this poll is still the one that counts."""
+        return self.tasks.get(task.task_id) is task and task.generation == generation
+
+    async def _on_log(self, task: WatchedTask, operation_log: OperationLog) -> None:
+        now_wall = self._clock.wall()
+        task.polls += 1
+        previous_status, previous_progress = task.status, task.progress
+        status, progress = operation_log.status, operation_log.progress
+        task.operation_log = operation_log
+        if not operation_log.is_known_status and status not in task.warned_statuses:
+            task.warned_statuses.add(status)
+            log.warning("task.unknown_status", task_id=task.task_id, status=status)
+
+        status_changed = status != previous_status
+        progress_changed = progress is not None and progress != previous_progress
+        task.status = status
+        if progress is not None:
+            task.progress = progress
+        if status_changed or progress_changed:
+            task.last_change_wall = now_wall
+        if progress_changed:
+            task.last_progress_wall = now_wall
+
+        if status_changed:
+            self._log_status(task, previous_status)
+        just_started = status == "running" and task.started_wall is None
+        if just_started:
+            task.started_wall = now_wall
+            await self._emit(task, TASK_STARTED, previous_status)
+        # The started event already carries the progress of its poll, and 0 → unknown → 0
+        # while waiting is not news.
+        if (
+            progress_changed
+            and not just_started
+            and not operation_log.is_terminal
+            and (previous_progress is not None or progress)
+        ):
+            await self._emit(task, TASK_PROGRESS, previous_status)
+
+        if operation_log.is_terminal:
+            await self._end(task, status, TERMINAL_EVENT_FOR_STATUS[status], previous_status)
+            return
+        if schedule.expired(self.policy, started=task.added_wall, now=now_wall):
+            await self._expire(task)
+            return
+        decision = schedule.after_success(
+            self.policy,
+            task.poll_state,
+            changed=status_changed or progress_changed,
+            rng=self._rng,
+        )
+        self._apply(task, decision)
+
+    async def _on_failure(self, task: WatchedTask, error: CbrError) -> None:
+        now = self._clock.monotonic()
+        policy, state, rng = self.policy, task.poll_state, self._rng
+        if isinstance(error, NotFoundError):
+            decision = schedule.after_not_found(policy, state, now=now, rng=rng)
+            if decision is None:
+                await self._end(task, "not_found", WATCH_NOT_FOUND, task.status, detail=str(error))
+                return
+        else:
+            self._upstream_failed(error)
+            if isinstance(error, AuthError):
+                decision = schedule.after_auth_failure(policy, state, rng=rng)
+                if decision.reason is schedule.Reason.AUTH_RETRY:
+                    await self._client.reload_credentials()
+            elif isinstance(error, ThrottledError):
+                decision = schedule.after_throttled(
+                    policy, state, retry_after=error.retry_after, rng=rng
+                )
+                if error.retry_after is not None:
+                    # The quota is shared by every watch: nobody should call before it resets.
+                    self.budget.pause_until(now + error.retry_after)
+            else:
+                decision = schedule.after_error(policy, state, rng=rng)
+        if schedule.expired(policy, started=task.added_wall, now=self._clock.wall()):
+            await self._expire(task)
+            return
+        self._apply(task, decision)
+
+    def _apply(self, task: WatchedTask, decision: schedule.Decision) -> None:
+        decision = schedule.clamp_to_deadline(
+            self.policy, decision, started=task.added_wall, now=self._clock.wall()
+        )
+        task.poll_state = decision.state
+        self._schedule(task, decision.delay)
+
+    async def _expire(self, task: WatchedTask) -> None:
+        detail = f"no terminal status within {self.policy.deadline:g}s"
+        await self._end(task, "expired", WATCH_EXPIRED, task.status, detail=detail)
+
+    async def _end(
+        self,
+        task: WatchedTask,
+        reason: str,
+        event_type: str,
+        previous_status: str | None,
+        *,
+        detail: str | None = None,
+    ) -> None:
+        task.end_reason = reason
+        task.ended_wall = self._clock.wall()
+        self._active -= 1
+        task.generation += 1
+        if event_type in (WATCH_NOT_FOUND, WATCH_EXPIRED):
+            log.warning(event_type, task_id=task.task_id, status=task.status, detail=detail)
+        await self._emit(task, event_type, previous_status, detail=detail)
+
+    async def _emit(
+        self,
+        task: WatchedTask,
+        event_type: str,
+        previous_status: str | None,
+        *,
+        detail: str | None = None,
+    ) -> None:
+        event = TaskEvent(
+            type=event_type,
+            task_id=task.task_id,
+            occurred_at=self._clock.wall(),
+            status=task.status,
+            previous_status=previous_status,
+            progress=task.progress,
+            labels=dict(task.labels),
+            operation_log=task.operation_log,
+            detail=detail,
+        )
+        await self._on_event(event)
+
+    # ---- logging ----------------------------------------------------------------------------
+
+    def _log_status(self, task: WatchedTask, previous_status: str | None) -> None:
+        operation_log = task.operation_log
+        fields: dict[str, object] = {
+            "task_id": task.task_id,
+            "status": task.status,
+            "previous_status": previous_status,
+            "progress": task.progress,
+        }
+        if operation_log is not None:
+            fields["operation_type"] = operation_log.operation_type
+            if operation_log.is_terminal:
+                fields["final"] = True
+                if operation_log.error is not None:
+                    fields["error_code"], fields["error_message"] = operation_log.error
+        level = "warning" if task.status in ("failed", "timeout") else "info"
+        getattr(log, level)("task.status_changed", **fields)
+
+    def _upstream_failed(self, error: CbrError) -> None:
+        if self.upstream_failing_since is None:
+            self.upstream_failing_since = self._clock.monotonic()
+            self._failures_while_failing = 0
+            log.warning(
+                "upstream.failing",
+                kind=error.kind,
+                code=error.code_label,
+                error_code=error.error_code,
+                error=error.message,
+            )
+        self._failures_while_failing += 1
+
+    def _upstream_ok(self) -> None:
+        if self.upstream_failing_since is not None:
+            log.info(
+                "upstream.recovered",
+                failing_seconds=round(self._clock.monotonic() - self.upstream_failing_since, 3),
+                failed_requests=self._failures_while_failing,
+            )
+            self.upstream_failing_since = None
