@@ -172,6 +172,11 @@ class CbrClient:
             raise TransientError(
                 f"no answer within {self._timeout:g}s", label="timeout"
             ) from None
+        except aiohttp.ClientConnectorCertificateError as error:
+            label = "tls"
+            raise FatalError(
+                f"TLS certificate verification failed: {_describe(error)}", label=label
+            ) from None
         except (aiohttp.ClientError, OSError) as error:
             label = "connection"
             raise TransientError(f"connection failed: {_describe(error)}", label=label) from None

@@ -1,0 +1,213 @@
+"""`cbr-watcher run`: wire configuration, client and engine together and run until told to stop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import signal
+from collections.abc import Callable
+from pathlib import Path
+
+import structlog
+
+from watcher import schedule
+from watcher.cbr.auth import Authenticator, TokenAuthenticator
+from watcher.cbr.client import CbrClient
+from watcher.clock import Clock, RealClock
+from watcher.config import ConfigError, Settings
+from watcher.engine import Engine
+from watcher.events import EventSink, discard_events
+from watcher.task_ids import InvalidTaskIdError, parse_task_file
+
+log = structlog.get_logger("watcher.daemon")
+
+TASK_FILE_CHECK_INTERVAL = 5.0
+
+
+def build_authenticator(settings: Settings) -> Authenticator:
+    """The authenticator `auth.method` asks for."""
+    auth = settings.auth
+    if auth.method == "token":
+        token_file = Path(auth.token_file) if auth.token_file else None
+        return TokenAuthenticator(token=auth.token.get_secret_value(), token_file=token_file)
+    raise ConfigError(f"auth.method = {auth.method!r}: not supported yet; use 'token'")
+
+
+def build_policy(settings: Settings) -> schedule.Policy:
+    """The schedule policy from `[watch]`."""
+    watch = settings.watch
+    return schedule.Policy(
+        interval_min=watch.poll_interval_min,
+        interval_max=watch.poll_interval_max,
+        deadline=watch.deadline,
+        not_found_grace=watch.not_found_grace,
+    )
+
+
+def build_engine(
+    settings: Settings,
+    client: CbrClient,
+    clock: Clock,
+    *,
+    on_event: EventSink = discard_events,
+    rng: random.Random | None = None,
+) -> Engine:
+    """An engine configured from `[watch]` and `[metrics]`, with the configured tasks added."""
+    watch = settings.watch
+    engine = Engine(
+        client=client,
+        clock=clock,
+        policy=build_policy(settings),
+        max_concurrency=watch.max_concurrency,
+        max_requests_per_second=watch.max_requests_per_second,
+        on_event=on_event,
+        exit_when_done=watch.exit_when_done,
+        retention=settings.metrics.retention,
+        rng=rng,
+    )
+    for task_id in watch.tasks:
+        engine.add(task_id, source="config")
+    return engine
+
+
+def build_client(settings: Settings, clock: Clock) -> CbrClient:
+    """A CBR client for the configured endpoint, project, TLS and credentials."""
+    cbr = settings.cbr
+    return CbrClient(
+        endpoint=cbr.effective_endpoint,
+        project_id=cbr.project_id,
+        auth=build_authenticator(settings),
+        clock=clock,
+        request_timeout=cbr.request_timeout,
+        verify_tls=cbr.verify_tls,
+        ca_file=cbr.ca_file,
+        max_connections=settings.watch.max_concurrency,
+    )
+
+
+class TaskFileSource:
+    """Keeps the engine's "file" tasks equal to the contents of `watch.task_file`."""
+
+    def __init__(self, path: Path, engine: Engine) -> None:
+        self.path = path
+        self._engine = engine
+        self._stamp: tuple[int, int] | None = None
+
+    def _read_stamp(self) -> tuple[int, int] | None:
+        try:
+            stat = self.path.stat()
+        except OSError:
+            return None
+        return stat.st_mtime_ns, stat.st_size
+
+    def reload(self, *, force: bool = False) -> None:
+        """Re-read the file if it changed (always with `force`); bad content keeps the old set."""
+        stamp = self._read_stamp()
+        if not force and stamp == self._stamp:
+            return
+        self._stamp = stamp
+        try:
+            ids = parse_task_file(self.path.read_text(encoding="utf-8"))
+        except OSError as error:
+            log.error("task_file.unreadable", path=str(self.path), error=str(error))
+            return
+        except InvalidTaskIdError as error:
+            log.error("task_file.invalid", path=str(self.path), error=str(error))
+            return
+        added, removed = self._engine.sync_source("file", ids)
+        if added or removed or force:
+            log.info("task_file.loaded", path=str(self.path), tasks=len(ids),
+                     added=len(added), removed=len(removed))
+
+    async def follow(self, clock: Clock) -> None:
+        """Check the file for changes every few seconds, forever."""
+        while True:
+            await clock.sleep(TASK_FILE_CHECK_INTERVAL)
+            self.reload()
+
+
+async def run_daemon(
+    settings: Settings,
+    *,
+    clock: Clock | None = None,
+    on_event: EventSink = discard_events,
+    install_signal_handlers: bool = True,
+    started: Callable[[Engine], None] | None = None,
+) -> int:
+    """Run the watcher until SIGTERM/SIGINT (exit 0) or, with exit_when_done, until all ended."""
+    clock = clock or RealClock()
+    async with build_client(settings, clock) as client:
+        engine = build_engine(settings, client, clock, on_event=on_event)
+        task_file = (
+            TaskFileSource(Path(settings.watch.task_file), engine)
+            if settings.watch.task_file
+            else None
+        )
+        if task_file is not None:
+            task_file.reload(force=True)
+        loop = asyncio.get_running_loop()
+        if install_signal_handlers:
+            _install_signal_handlers(loop, engine, task_file)
+        if engine.exit_when_done and not engine.tasks:
+            log.warning("daemon.nothing_to_watch")
+        log.info(
+            "daemon.started",
+            tasks=len(engine.tasks),
+            endpoint=settings.cbr.effective_endpoint,
+            max_requests_per_second=settings.watch.max_requests_per_second,
+        )
+        if started is not None:
+            started(engine)
+        follower = (
+            asyncio.create_task(task_file.follow(clock), name="task file")
+            if task_file is not None
+            else None
+        )
+        try:
+            await engine.run()
+        finally:
+            if follower is not None:
+                follower.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await follower
+            if install_signal_handlers:
+                _remove_signal_handlers(loop)
+        _log_summary(engine)
+        return engine.exit_code() if engine.exit_when_done else 0
+
+
+def _install_signal_handlers(
+    loop: asyncio.AbstractEventLoop, engine: Engine, task_file: TaskFileSource | None
+) -> None:
+    def on_stop(signame: str) -> None:
+        log.info("daemon.stopping", signal=signame)
+        engine.stop()
+
+    def on_hup() -> None:
+        if task_file is None:
+            log.info("daemon.sighup", detail="no watch.task_file configured")
+            return
+        task_file.reload(force=True)
+
+    loop.add_signal_handler(signal.SIGTERM, on_stop, "SIGTERM")
+    loop.add_signal_handler(signal.SIGINT, on_stop, "SIGINT")
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
+
+
+def _remove_signal_handlers(loop: asyncio.AbstractEventLoop) -> None:
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        loop.remove_signal_handler(signum)
+
+
+def _log_summary(engine: Engine) -> None:
+    outcomes: dict[str, int] = {}
+    for task in engine.tasks.values():
+        key = task.end_reason or "unfinished"
+        outcomes[key] = outcomes.get(key, 0) + 1
+    log.info(
+        "daemon.stopped",
+        polls=engine.stats.polls_started,
+        failed_polls=engine.stats.polls_failed,
+        **{f"tasks_{key}": count for key, count in sorted(outcomes.items())},
+    )
