@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from aiohttp import web
+
 from watcher.cbr.client import CbrClient
 from watcher.clock import FakeClock, drive_until
 from watcher.engine import Engine
@@ -80,3 +82,68 @@ async def run_until(
     """Run the engine on the fake clock until `done()`, then stop it and wait for it."""
     async with Running(world, engine) as running:
         await running.until(done, max_seconds=max_seconds)
+
+
+@dataclass
+class ReceivedHook:
+    """One request a TestReceiver got."""
+
+    headers: dict[str, str]
+    body: bytes
+    answered: int | None
+
+
+class TestReceiver:
+    """A real webhook receiver on 127.0.0.1 that answers from a script, then 200."""
+
+    __test__ = False  # not a pytest test class
+
+    def __init__(self) -> None:
+        self.script: list[int | str | tuple[int, dict[str, str]]] = []
+        """Answers for the next requests: a status, (status, headers), or "hang"."""
+        self.received: list[ReceivedHook] = []
+        self.url = ""
+        self._runner: web.AppRunner | None = None
+        self.release = asyncio.Event()
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        step = self.script.pop(0) if self.script else 200
+        hook = ReceivedHook({k.lower(): v for k, v in request.headers.items()}, body, None)
+        self.received.append(hook)
+        if step == "hang":
+            await self.release.wait()
+            step = 200
+        status: int
+        headers: dict[str, str]
+        if isinstance(step, int):
+            status, headers = step, {}
+        elif isinstance(step, tuple):
+            status, headers = step
+        else:
+            raise AssertionError(f"unknown receiver step {step!r}")
+        hook.answered = status
+        if 300 <= status < 400:
+            headers = {"Location": self.url + "/elsewhere", **headers}
+        return web.Response(status=status, headers=headers)
+
+    @property
+    def delivered(self) -> list[ReceivedHook]:
+        """Requests answered with a 2xx."""
+        return [h for h in self.received if h.answered is not None and 200 <= h.answered < 300]
+
+    async def __aenter__(self) -> TestReceiver:
+        app = web.Application()
+        app.router.add_post("/hook", self._handle)
+        app.router.add_post("/hook/elsewhere", self._handle)
+        self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}/hook"
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.release.set()
+        assert self._runner is not None
+        await self._runner.cleanup()

@@ -45,6 +45,7 @@ def daemon_env(sim: Simulator, base_url: str, **extra: str) -> dict[str, str]:
             "CBR_WATCHER_WATCH__POLL_INTERVAL_MAX": "0.4s",
             "CBR_WATCHER_WATCH__NOT_FOUND_GRACE": "1s",
             "CBR_WATCHER_LOG__FORMAT": "json",
+            "CBR_WATCHER_STATE__PATH": ":memory:",
         }
     )
     env.update(extra)

@@ -13,6 +13,7 @@ from typing import Any
 from watcher import __version__
 from watcher.config import ConfigError, Settings, load_settings, render_effective, require_runnable
 from watcher.logs import configure_logging
+from watcher.store import StoreError
 from watcher.task_ids import InvalidTaskIdError
 
 EXIT_OK = 0
@@ -81,6 +82,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _dispatch(args)
     except (ConfigError, InvalidTaskIdError) as error:
         print(f"cbr-watcher: configuration error: {error}", file=sys.stderr)
+        return EXIT_CONFIG
+    except StoreError as error:
+        print(f"cbr-watcher: state error: {error}", file=sys.stderr)
         return EXIT_CONFIG
     except KeyboardInterrupt:
         return EXIT_OK

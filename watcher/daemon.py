@@ -16,13 +16,19 @@ from watcher.cbr.auth import Authenticator, TokenAuthenticator
 from watcher.cbr.client import CbrClient
 from watcher.clock import Clock, RealClock
 from watcher.config import ConfigError, Settings
-from watcher.engine import Engine
+from watcher.engine import Engine, TaskRecorder, discard_records
 from watcher.events import EventSink, discard_events
+from watcher.persistence import StateRecorder, restore
+from watcher.store import Store
+from watcher.systemd import SystemdNotifier
 from watcher.task_ids import InvalidTaskIdError, parse_task_file
+from watcher.webhooks import Deliverer, Receiver
 
 log = structlog.get_logger("watcher.daemon")
 
 TASK_FILE_CHECK_INTERVAL = 5.0
+EXIT_DRAIN_TIMEOUT = 30.0
+"""With --exit-when-done, how long to wait for webhooks before exiting (the rest stay queued)."""
 
 
 def build_authenticator(settings: Settings) -> Authenticator:
@@ -51,9 +57,10 @@ def build_engine(
     clock: Clock,
     *,
     on_event: EventSink = discard_events,
+    record: TaskRecorder = discard_records,
     rng: random.Random | None = None,
 ) -> Engine:
-    """An engine configured from `[watch]` and `[metrics]`, with the configured tasks added."""
+    """An engine configured from `[watch]` and `[metrics]` (tasks are added by the caller)."""
     watch = settings.watch
     engine = Engine(
         client=client,
@@ -62,12 +69,11 @@ def build_engine(
         max_concurrency=watch.max_concurrency,
         max_requests_per_second=watch.max_requests_per_second,
         on_event=on_event,
+        record=record,
         exit_when_done=watch.exit_when_done,
         retention=settings.metrics.retention,
         rng=rng,
     )
-    for task_id in watch.tasks:
-        engine.add(task_id, source="config")
     return engine
 
 
@@ -117,8 +123,13 @@ class TaskFileSource:
             return
         added, removed = self._engine.sync_source("file", ids)
         if added or removed or force:
-            log.info("task_file.loaded", path=str(self.path), tasks=len(ids),
-                     added=len(added), removed=len(removed))
+            log.info(
+                "task_file.loaded",
+                path=str(self.path),
+                tasks=len(ids),
+                added=len(added),
+                removed=len(removed),
+            )
 
     async def follow(self, clock: Clock) -> None:
         """Check the file for changes every few seconds, forever."""
@@ -137,51 +148,103 @@ async def run_daemon(
 ) -> int:
     """Run the watcher until SIGTERM/SIGINT (exit 0) or, with exit_when_done, until all ended."""
     clock = clock or RealClock()
-    async with build_client(settings, clock) as client:
-        engine = build_engine(settings, client, clock, on_event=on_event)
-        task_file = (
-            TaskFileSource(Path(settings.watch.task_file), engine)
-            if settings.watch.task_file
-            else None
-        )
-        if task_file is not None:
-            task_file.reload(force=True)
-        loop = asyncio.get_running_loop()
+    store = await Store.open(settings.state.effective_path())
+    try:
+        async with build_client(settings, clock) as client:
+            return await _run_with_store(
+                settings,
+                store,
+                client,
+                clock,
+                on_event=on_event,
+                install_signal_handlers=install_signal_handlers,
+                started=started,
+            )
+    finally:
+        await store.close()
+
+
+async def _run_with_store(
+    settings: Settings,
+    store: Store,
+    client: CbrClient,
+    clock: Clock,
+    *,
+    on_event: EventSink,
+    install_signal_handlers: bool,
+    started: Callable[[Engine], None] | None,
+) -> int:
+    receivers = [Receiver(receiver) for receiver in settings.webhooks]
+    deliverer = (
+        Deliverer(store=store, receivers=receivers, clock=clock, project_id=settings.cbr.project_id)
+        if receivers
+        else None
+    )
+    engine = build_engine(
+        settings, client, clock, on_event=on_event, record=StateRecorder(store, deliverer)
+    )
+    await restore(engine, store, now=clock.wall())
+    for task_id in settings.watch.tasks:
+        engine.add(task_id, source="config")
+    task_file = (
+        TaskFileSource(Path(settings.watch.task_file), engine) if settings.watch.task_file else None
+    )
+    if task_file is not None:
+        task_file.reload(force=True)
+    notifier = SystemdNotifier(engine, clock)
+    loop = asyncio.get_running_loop()
+    if install_signal_handlers:
+        _install_signal_handlers(loop, engine, task_file, notifier)
+    if engine.exit_when_done and not engine.tasks:
+        log.warning("daemon.nothing_to_watch")
+    log.info(
+        "daemon.started",
+        tasks=len(engine.tasks),
+        endpoint=settings.cbr.effective_endpoint,
+        max_requests_per_second=settings.watch.max_requests_per_second,
+    )
+    if started is not None:
+        started(engine)
+    follower = (
+        asyncio.create_task(task_file.follow(clock), name="task file")
+        if task_file is not None
+        else None
+    )
+    delivering = asyncio.create_task(deliverer.run(), name="webhooks") if deliverer else None
+    # READY=1 only now: configuration, restored state and listeners are all in place.
+    notifier.ready()
+    notifying = asyncio.create_task(notifier.run(), name="systemd notify")
+    try:
+        await engine.run()
+        if deliverer is not None and engine.exit_when_done and engine.all_done():
+            await deliverer.wait_drained(EXIT_DRAIN_TIMEOUT)
+    finally:
+        notifier.stopping()
+        notifying.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await notifying
+        if follower is not None:
+            follower.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await follower
+        if deliverer is not None and delivering is not None:
+            await deliverer.stop()
+            await delivering
         if install_signal_handlers:
-            _install_signal_handlers(loop, engine, task_file)
-        if engine.exit_when_done and not engine.tasks:
-            log.warning("daemon.nothing_to_watch")
-        log.info(
-            "daemon.started",
-            tasks=len(engine.tasks),
-            endpoint=settings.cbr.effective_endpoint,
-            max_requests_per_second=settings.watch.max_requests_per_second,
-        )
-        if started is not None:
-            started(engine)
-        follower = (
-            asyncio.create_task(task_file.follow(clock), name="task file")
-            if task_file is not None
-            else None
-        )
-        try:
-            await engine.run()
-        finally:
-            if follower is not None:
-                follower.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await follower
-            if install_signal_handlers:
-                _remove_signal_handlers(loop)
-        _log_summary(engine)
-        return engine.exit_code() if engine.exit_when_done else 0
+            _remove_signal_handlers(loop)
+    _log_summary(engine)
+    return engine.exit_code() if engine.exit_when_done else 0
 
 
 def _install_signal_handlers(
-    loop: asyncio.AbstractEventLoop, engine: Engine, task_file: TaskFileSource | None
+    loop: asyncio.AbstractEventLoop,
+    engine: Engine,
+    task_file: TaskFileSource | None,
+    notifier: SystemdNotifier,
 ) -> None:
     def on_stop(signame: str) -> None:
         log.info("daemon.stopping", signal=signame)
+        notifier.stopping()
         engine.stop()
 
     def on_hup() -> None:

@@ -107,6 +107,7 @@ async def run_demo(*, speed: float = 20.0, out: TextIO | None = None) -> int:
                     "exit_when_done": True,
                 },
                 "log": {"level": "error", "format": "console"},
+                "state": {"path": ":memory:"},
             },
             environ={},
             secrets_dirs=[],

@@ -12,7 +12,7 @@ import heapq
 import itertools
 import random
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -44,6 +44,14 @@ log = structlog.get_logger("watcher.engine")
 
 HEARTBEAT = 1.0
 """The loop turns at least this often (fake or real seconds), even with nothing due."""
+
+
+TaskRecorder = Callable[["WatchedTask", Sequence[TaskEvent]], Awaitable[None]]
+"""Persists a task's new state together with the events it produced (one transaction)."""
+
+
+async def discard_records(task: WatchedTask, events: Sequence[TaskEvent]) -> None:
+    """A TaskRecorder for engines without a state store."""
 
 
 class CbrApi(Protocol):
@@ -112,6 +120,7 @@ class Engine:
         max_concurrency: int = 32,
         max_requests_per_second: float = 20.0,
         on_event: EventSink = discard_events,
+        record: TaskRecorder = discard_records,
         exit_when_done: bool = False,
         retention: float = 900.0,
         shutdown_grace: float = 5.0,
@@ -123,6 +132,7 @@ class Engine:
         self._max_concurrency = max_concurrency
         self.budget = RequestBudget(max_requests_per_second)
         self._on_event = on_event
+        self._record = record
         self.exit_when_done = exit_when_done
         self._retention = retention
         self._shutdown_grace = shutdown_grace
@@ -139,6 +149,7 @@ class Engine:
         self._failures_while_failing = 0
         self._active = 0
         self._next_forget = 0.0
+        self._ended_ids: set[str] = set()
 
     # ---- the task table -------------------------------------------------------------------
 
@@ -157,6 +168,9 @@ class Engine:
             if labels:
                 existing.labels.update(labels)
             return False
+        if task_id in self._ended_ids:
+            log.debug("task.already_ended", task_id=task_id)
+            return False
         task = WatchedTask(
             task_id=task_id,
             labels=dict(labels or {}),
@@ -167,6 +181,21 @@ class Engine:
         self._active += 1
         self._schedule(task, 0.0)
         log.info("task.watching", task_id=task_id, source=source)
+        return True
+
+    def mark_ended(self, task_ids: Iterable[str]) -> None:
+        """Tasks known to have ended (in an earlier run): `add` will not watch them again."""
+        self._ended_ids.update(task_ids)
+
+    def restore(self, task: WatchedTask) -> bool:
+        """Resume a watch saved before a restart (polled at once); False if already present."""
+        validate_task_id(task.task_id)
+        if task.task_id in self.tasks or task.ended:
+            return False
+        self.tasks[task.task_id] = task
+        self._active += 1
+        self._schedule(task, 0.0)
+        log.info("task.resumed", task_id=task.task_id, status=task.status, progress=task.progress)
         return True
 
     def remove(self, task_id: str) -> bool:
@@ -343,12 +372,13 @@ class Engine:
         if progress_changed:
             task.last_progress_wall = now_wall
 
+        events: list[TaskEvent] = []
         if status_changed:
             self._log_status(task, previous_status)
         just_started = status == "running" and task.started_wall is None
         if just_started:
             task.started_wall = now_wall
-            await self._emit(task, TASK_STARTED, previous_status)
+            events.append(self._event(task, TASK_STARTED, previous_status))
         # The started event already carries the progress of its poll, and 0 → unknown → 0
         # while waiting is not news.
         if (
@@ -357,21 +387,24 @@ class Engine:
             and not operation_log.is_terminal
             and (previous_progress is not None or progress)
         ):
-            await self._emit(task, TASK_PROGRESS, previous_status)
+            events.append(self._event(task, TASK_PROGRESS, previous_status))
 
         if operation_log.is_terminal:
-            await self._end(task, status, TERMINAL_EVENT_FOR_STATUS[status], previous_status)
-            return
-        if schedule.expired(self.policy, started=task.added_wall, now=now_wall):
-            await self._expire(task)
-            return
-        decision = schedule.after_success(
-            self.policy,
-            task.poll_state,
-            changed=status_changed or progress_changed,
-            rng=self._rng,
-        )
-        self._apply(task, decision)
+            events.append(
+                self._end(task, status, TERMINAL_EVENT_FOR_STATUS[status], previous_status)
+            )
+        elif schedule.expired(self.policy, started=task.added_wall, now=now_wall):
+            events.append(self._expire(task))
+        else:
+            decision = schedule.after_success(
+                self.policy,
+                task.poll_state,
+                changed=status_changed or progress_changed,
+                rng=self._rng,
+            )
+            self._apply(task, decision)
+        if status_changed or progress_changed or events:
+            await self._commit(task, events)
 
     async def _on_failure(self, task: WatchedTask, error: CbrError) -> None:
         now = self._clock.monotonic()
@@ -379,7 +412,10 @@ class Engine:
         if isinstance(error, NotFoundError):
             decision = schedule.after_not_found(policy, state, now=now, rng=rng)
             if decision is None:
-                await self._end(task, "not_found", WATCH_NOT_FOUND, task.status, detail=str(error))
+                event = self._end(
+                    task, "not_found", WATCH_NOT_FOUND, task.status, detail=str(error)
+                )
+                await self._commit(task, [event])
                 return
         else:
             self._upstream_failed(error)
@@ -397,7 +433,7 @@ class Engine:
             else:
                 decision = schedule.after_error(policy, state, rng=rng)
         if schedule.expired(policy, started=task.added_wall, now=self._clock.wall()):
-            await self._expire(task)
+            await self._commit(task, [self._expire(task)])
             return
         self._apply(task, decision)
 
@@ -408,11 +444,11 @@ class Engine:
         task.poll_state = decision.state
         self._schedule(task, decision.delay)
 
-    async def _expire(self, task: WatchedTask) -> None:
+    def _expire(self, task: WatchedTask) -> TaskEvent:
         detail = f"no terminal status within {self.policy.deadline:g}s"
-        await self._end(task, "expired", WATCH_EXPIRED, task.status, detail=detail)
+        return self._end(task, "expired", WATCH_EXPIRED, task.status, detail=detail)
 
-    async def _end(
+    def _end(
         self,
         task: WatchedTask,
         reason: str,
@@ -420,24 +456,25 @@ class Engine:
         previous_status: str | None,
         *,
         detail: str | None = None,
-    ) -> None:
+    ) -> TaskEvent:
         task.end_reason = reason
         task.ended_wall = self._clock.wall()
+        self._ended_ids.add(task.task_id)
         self._active -= 1
         task.generation += 1
         if event_type in (WATCH_NOT_FOUND, WATCH_EXPIRED):
             log.warning(event_type, task_id=task.task_id, status=task.status, detail=detail)
-        await self._emit(task, event_type, previous_status, detail=detail)
+        return self._event(task, event_type, previous_status, detail=detail)
 
-    async def _emit(
+    def _event(
         self,
         task: WatchedTask,
         event_type: str,
         previous_status: str | None,
         *,
         detail: str | None = None,
-    ) -> None:
-        event = TaskEvent(
+    ) -> TaskEvent:
+        return TaskEvent(
             type=event_type,
             task_id=task.task_id,
             occurred_at=self._clock.wall(),
@@ -448,7 +485,15 @@ class Engine:
             operation_log=task.operation_log,
             detail=detail,
         )
-        await self._on_event(event)
+
+    async def _commit(self, task: WatchedTask, events: list[TaskEvent]) -> None:
+        """Durable before visible: persist the new state with its events, then publish them."""
+        try:
+            await self._record(task, events)
+        except Exception:
+            log.exception("store.write_failed", task_id=task.task_id)
+        for event in events:
+            await self._on_event(event)
 
     # ---- logging ----------------------------------------------------------------------------
 
