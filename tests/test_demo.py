@@ -19,3 +19,5 @@ async def test_demo_shows_every_outcome_and_a_summary() -> None:
     assert "unfinished" not in summary
     assert MISTYPED_TASK_ID in summary
     assert "BackupService.5009" in text  # the failed task's CBR error is shown
+    # Every finished task's webhooks reached the local receiver with valid signatures.
+    assert "20 events, 20 with a valid Standard Webhooks signature" in text

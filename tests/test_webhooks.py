@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -361,3 +364,43 @@ async def test_a_dead_receiver_does_not_delay_another(setup: Setup) -> None:
             await runner
         assert len(healthy.delivered) == 5
         assert setup.receiver.delivered == []
+
+
+async def run_webhook_test(name: str, receiver_url: str) -> tuple[int, str, str]:
+    """`cbr-watcher webhook-test NAME` with one receiver configured through the environment."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CBR_WATCHER_")}
+    env["CBR_WATCHER_WEBHOOKS"] = json.dumps(
+        [{"name": "ops", "url": receiver_url, "secret": SECRET}]
+    )
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "watcher",
+        "webhook-test",
+        name,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_webhook_test_command() -> None:
+    """webhook-test sends one signed test.ping and reports the answer with an exit code."""
+    async with TestReceiver() as receiver:
+        code, out, _ = await run_webhook_test("ops", receiver.url)
+        assert code == 0
+        assert "ops: HTTP 200" in out
+        hook = receiver.received[0]
+        assert standardwebhooks.Webhook(SECRET).verify(hook.body, hook.headers)["type"] == (
+            "test.ping"
+        )
+        receiver.script = [500]
+        code, out, err = await run_webhook_test("ops", receiver.url)
+        assert code == 1
+        assert "HTTP 500" in out
+        code, _, err = await run_webhook_test("nobody", receiver.url)
+        assert code == 2
+        assert "ops" in err

@@ -55,6 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--listen", default="127.0.0.1:9473", metavar="HOST:PORT")
     simulate.add_argument("--scenario", type=Path, help="scenario TOML file")
 
+    hook = commands.add_parser("webhook-test", help="send a signed test.ping to a receiver")
+    hook.add_argument("name", metavar="NAME", help="the receiver's name in [[webhooks]]")
+    hook.add_argument("--config", type=Path, help="TOML configuration file")
+
     check = commands.add_parser("check-config", help="validate and print the effective settings")
     check.add_argument("--config", type=Path, help="TOML configuration file")
     return parser
@@ -101,6 +105,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         settings = _load(args)
         configure_logging(level=settings.log.level, fmt=settings.log.format)
         return asyncio.run(run_daemon(settings))
+    if args.command == "webhook-test":
+        from watcher.webhook_test import webhook_test
+
+        settings = load_settings(config_file=args.config)
+        return asyncio.run(webhook_test(settings, args.name))
     if args.command == "demo":
         from watcher.demo import run_demo
 

@@ -16,6 +16,7 @@ from typing import TextIO
 from watcher.clock import ScaledClock
 from watcher.config import load_settings
 from watcher.daemon import run_daemon
+from watcher.demo_receiver import DemoReceiver
 from watcher.engine import Engine
 from watcher.events import TASK_FAILED, TASK_PROGRESS, TaskEvent
 from watcher.logs import configure_logging
@@ -34,6 +35,7 @@ class DemoReport:
     start_wall: float
     out: TextIO
     events: list[TaskEvent] = field(default_factory=list)
+    receiver: DemoReceiver | None = None
     progress: dict[str, int | None] = field(default_factory=dict)
 
     def since_start(self, wall: float) -> str:
@@ -93,7 +95,8 @@ async def run_demo(*, speed: float = 20.0, out: TextIO | None = None) -> int:
     task_ids = [*sim.tasks, MISTYPED_TASK_ID]
     engine_box: list[Engine] = []
 
-    async with sim.running() as base_url:
+    async with sim.running() as base_url, DemoReceiver(clock) as receiver:
+        report.receiver = receiver
         settings = load_settings(
             overrides={
                 "cbr": {"endpoint": base_url, "project_id": sim.project_id},
@@ -108,6 +111,14 @@ async def run_demo(*, speed: float = 20.0, out: TextIO | None = None) -> int:
                 },
                 "log": {"level": "error", "format": "console"},
                 "state": {"path": ":memory:"},
+                "webhooks": [
+                    {
+                        "name": "demo-receiver",
+                        "url": receiver.url,
+                        "secret": receiver.secret,
+                        "events": ["task.*", "watch.*"],
+                    }
+                ],
             },
             environ={},
             secrets_dirs=[],
@@ -135,8 +146,11 @@ def _print_summary(report: DemoReport, sim: Simulator, engine: Engine) -> None:
     out.write("\nSummary\n")
     out.write(
         f"  {'task':<20} {'type':<13} {'outcome':<16} {'CBR ended':>9} {'detected':>9} "
-        f"{'delay':>6} {'polls':>6}\n"
+        f"{'delay':>6} {'polls':>6} {'webhooks':>9}\n"
     )
+    hooks: dict[str, list[bool]] = {}
+    for hook in report.receiver.received if report.receiver else []:
+        hooks.setdefault(hook.task_id or "", []).append(hook.verified)
     for task_id, task in engine.tasks.items():
         event = by_task.get(task_id)
         log = task.operation_log
@@ -149,7 +163,7 @@ def _print_summary(report: DemoReport, sim: Simulator, engine: Engine) -> None:
             f"  {task_id:<20} {op_type:<13} {outcome:<16} "
             f"{report.since_start(ended) if ended else '-':>9} "
             f"{report.since_start(detected) if detected else '-':>9} "
-            f"{delay:>6} {sim.request_count(task_id):>6}\n"
+            f"{delay:>6} {sim.request_count(task_id):>6} {_hooks_cell(hooks.get(task_id, [])):>9}\n"
         )
     stats = engine.stats
     lags = sorted(stats.lag_samples)
@@ -159,8 +173,23 @@ def _print_summary(report: DemoReport, sim: Simulator, engine: Engine) -> None:
         f"retried); budget {engine.budget.rate:g} requests per simulated second; "
         f"p99 scheduling lag {p99:.2f} simulated s\n"
     )
+    if report.receiver is not None:
+        received = report.receiver.received
+        good = sum(1 for hook in received if hook.verified)
+        out.write(
+            f"  Webhooks: the local receiver at {report.receiver.url} got {len(received)} "
+            f"events, {good} with a valid Standard Webhooks signature (HMAC-SHA256).\n"
+        )
     out.write(
         "  Failed tasks show CBR's error in the task.failed event; watch.not_found is the "
         f"mistyped ID {MISTYPED_TASK_ID!r}.\n"
     )
     out.flush()
+
+
+def _hooks_cell(verified: list[bool]) -> str:
+    """'2 signed' when every signature checked out, else how many did."""
+    if not verified:
+        return "-"
+    good = sum(verified)
+    return f"{good} signed" if good == len(verified) else f"{good}/{len(verified)} ok"

@@ -229,8 +229,11 @@ class Deliverer:
             if not pending:
                 return True
             if self._clock.monotonic() >= deadline:
-                log.warning("webhooks.undelivered_at_exit", receivers=pending,
-                            detail="kept in the outbox for the next run")
+                log.warning(
+                    "webhooks.undelivered_at_exit",
+                    receivers=pending,
+                    detail="kept in the outbox for the next run",
+                )
                 return False
             await self._clock.sleep(0.2)
 
@@ -333,54 +336,46 @@ class Deliverer:
         )
 
     async def post(self, receiver: Receiver, msg_id: str, body: bytes) -> AttemptResult:
-        """POST `body` once, signed with a fresh timestamp; never raises for HTTP trouble."""
-        started = self._clock.monotonic()
-        session = self._session
-        owned = session is None
-        if session is None:
-            session = aiohttp.ClientSession(headers={"User-Agent": f"cbr-watcher/{__version__}"})
-        try:
-            timestamp = int(self._clock.wall())
-            headers = {
-                **receiver.extra_headers(),
-                "webhook-id": msg_id,
-                "webhook-timestamp": str(timestamp),
-                "content-type": "application/json",
-                "user-agent": f"cbr-watcher/{__version__}",
-            }
-            keys = receiver.keys()
-            if keys:
-                headers["webhook-signature"] = sign(keys, msg_id, timestamp, body)
-            url = receiver.url()
-            async with (
-                self._clock.timeout(receiver.settings.timeout),
-                session.post(url, data=body, headers=headers, allow_redirects=False) as response,
-            ):
-                await response.read()
-                status = response.status
-                retry_after = parse_retry_after(response.headers.get("Retry-After"))
-            return _classify(status, retry_after, self._clock.monotonic() - started)
-        except TimeoutError:
-            return AttemptResult(
-                False,
-                "timeout",
-                None,
-                None,
-                f"no answer within {receiver.settings.timeout:g}s",
-                self._clock.monotonic() - started,
-            )
-        except (aiohttp.ClientError, OSError, ValueError) as error:
-            return AttemptResult(
-                False,
-                "connection_error",
-                None,
-                None,
-                f"{type(error).__name__}: {str(error)[:200]}",
-                self._clock.monotonic() - started,
-            )
-        finally:
-            if owned:
-                await session.close()
+        """One signed attempt through the deliverer's session."""
+        assert self._session is not None, "post() is used while run() is active"
+        return await post_once(self._session, receiver, msg_id, body, clock=self._clock)
+
+
+async def post_once(
+    session: aiohttp.ClientSession, receiver: Receiver, msg_id: str, body: bytes, *, clock: Clock
+) -> AttemptResult:
+    """POST `body` once, signed with a fresh timestamp; never raises for HTTP trouble."""
+    started = clock.monotonic()
+
+    def failed(result: str, error: str) -> AttemptResult:
+        return AttemptResult(False, result, None, None, error, clock.monotonic() - started)
+
+    try:
+        timestamp = int(clock.wall())
+        headers = {
+            **receiver.extra_headers(),
+            "webhook-id": msg_id,
+            "webhook-timestamp": str(timestamp),
+            "content-type": "application/json",
+            "user-agent": f"cbr-watcher/{__version__}",
+        }
+        keys = receiver.keys()
+        if keys:
+            headers["webhook-signature"] = sign(keys, msg_id, timestamp, body)
+        async with (
+            clock.timeout(receiver.settings.timeout),
+            session.post(
+                receiver.url(), data=body, headers=headers, allow_redirects=False
+            ) as response,
+        ):
+            await response.read()
+            status = response.status
+            retry_after = parse_retry_after(response.headers.get("Retry-After"))
+        return _classify(status, retry_after, clock.monotonic() - started)
+    except TimeoutError:
+        return failed("timeout", f"no answer within {receiver.settings.timeout:g}s")
+    except (aiohttp.ClientError, OSError, ValueError) as error:
+        return failed("connection_error", f"{type(error).__name__}: {str(error)[:200]}")
 
 
 def _classify(status: int, retry_after: float | None, elapsed: float) -> AttemptResult:
