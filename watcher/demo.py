@@ -13,9 +13,11 @@ import sys
 from dataclasses import dataclass, field
 from typing import TextIO
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from watcher.clock import ScaledClock
 from watcher.config import load_settings
-from watcher.daemon import run_daemon
+from watcher.daemon import DaemonHandle, run_daemon
 from watcher.demo_receiver import DemoReceiver
 from watcher.engine import Engine
 from watcher.events import TASK_FAILED, TASK_PROGRESS, TaskEvent
@@ -93,7 +95,14 @@ async def run_demo(*, speed: float = 20.0, out: TextIO | None = None) -> int:
     sim = scenario.build(clock)
     report = DemoReport(clock=clock, start_wall=clock.wall(), out=stream)
     task_ids = [*sim.tasks, MISTYPED_TASK_ID]
-    engine_box: list[Engine] = []
+    handles: list[DaemonHandle] = []
+
+    def on_started(handle: DaemonHandle) -> None:
+        handles.append(handle)
+        stream.write(
+            f"  metrics: {handle.metrics_url}/metrics  (health: /healthz, /readyz)\n\n"
+        )
+        stream.flush()
 
     async with sim.running() as base_url, DemoReceiver(clock) as receiver:
         report.receiver = receiver
@@ -111,12 +120,15 @@ async def run_demo(*, speed: float = 20.0, out: TextIO | None = None) -> int:
                 },
                 "log": {"level": "error", "format": "console"},
                 "state": {"path": ":memory:"},
+                "server": {"listen": "127.0.0.1:0", "api_listen": ""},
                 "webhooks": [
                     {
                         "name": "demo-receiver",
                         "url": receiver.url,
                         "secret": receiver.secret,
                         "events": ["task.*", "watch.*"],
+                        # Simulated time runs fast; keep a slow real answer from looking lost.
+                        "timeout": f"{max(15.0, speed * 2):g}s",
                     }
                 ],
             },
@@ -125,18 +137,17 @@ async def run_demo(*, speed: float = 20.0, out: TextIO | None = None) -> int:
         )
         stream.write(
             f"cbr-watcher demo: {len(task_ids)} tasks, simulated CBR at {base_url}, "
-            f"time running {speed:g}x faster (times below are simulated mm:ss)\n\n"
+            f"time running {speed:g}x faster (times below are simulated mm:ss)\n"
         )
         ticker = asyncio.create_task(report.follow_progress(30.0))
         try:
-            await run_daemon(
-                settings, clock=clock, on_event=report.on_event, started=engine_box.append
-            )
+            await run_daemon(settings, clock=clock, on_event=report.on_event, started=on_started)
         finally:
             ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await ticker
-    _print_summary(report, sim, engine_box[0])
+    _print_summary(report, sim, handles[0].engine)
+    _print_metrics(report.out, handles[0])
     return 0
 
 
@@ -175,14 +186,36 @@ def _print_summary(report: DemoReport, sim: Simulator, engine: Engine) -> None:
     )
     if report.receiver is not None:
         received = report.receiver.received
-        good = sum(1 for hook in received if hook.verified)
+        events = {hook.webhook_id for hook in received}
+        good = {hook.webhook_id for hook in received if hook.verified}
         out.write(
-            f"  Webhooks: the local receiver at {report.receiver.url} got {len(received)} "
-            f"events, {good} with a valid Standard Webhooks signature (HMAC-SHA256).\n"
+            f"  Webhooks: the local receiver at {report.receiver.url} got {len(events)} "
+            f"events, {len(good)} with a valid Standard Webhooks signature (HMAC-SHA256)"
+            + (f", {len(received) - len(events)} re-sent" if len(received) > len(events) else "")
+            + ".\n"
         )
     out.write(
         "  Failed tasks show CBR's error in the task.failed event; watch.not_found is the "
         f"mistyped ID {MISTYPED_TASK_ID!r}.\n"
+    )
+    out.flush()
+
+
+def _print_metrics(out: TextIO, handle: DaemonHandle) -> None:
+    """Where metrics were served, and what the last scrape said about finished tasks."""
+    body, _ = handle.metrics.render()
+    series = 0
+    finished: dict[str, int] = {}
+    for family in text_string_to_metric_families(body.decode()):
+        for sample in family.samples:
+            series += 1
+            if sample.name == "cbr_watcher_tasks_finished_total" and sample.value:
+                status = sample.labels["status"]
+                finished[status] = finished.get(status, 0) + int(sample.value)
+    counts = ", ".join(f"{status} {count}" for status, count in sorted(finished.items()))
+    out.write(
+        f"  Metrics were served at {handle.metrics_url}/metrics ({series} series at the end); "
+        f"cbr_watcher_tasks_finished_total by status: {counts or 'none'}.\n"
     )
     out.flush()
 
