@@ -560,11 +560,21 @@ def test_render_effective_is_toml_that_loads_back(toml_file: Path) -> None:
         (RECEIVER + 'headers = { Authorization = "Bearer SECRET\\nX-Evil: 1" }', "SECRET"),
         ('[auth]\ntokn = "tok-SECRET"', "SECRET"),
         ('[server]\napi_token = ["api-SECRET"]', "SECRET"),
+        ('[auth]\npassword = ["pw-SECRET"]', "SECRET"),
+        ('[auth]\naccess_key = ["ak-SECRET"]', "SECRET"),
+        ('[auth]\nsecret_key = ["sk-SECRET"]', "SECRET"),
+        ('[auth]\nsecurity_token = ["st-SECRET"]', "SECRET"),
     ],
 )
 def test_config_errors_never_echo_secrets(toml: str, secret: str, toml_file: Path) -> None:
     message = config_error(toml, toml_file)
     assert secret not in message
+
+
+def test_aksk_values_with_blanks_are_rejected_redacted(toml_file: Path) -> None:
+    assert config_error('[auth]\nsecret_key = "sk-SECRET "', toml_file) == (
+        f"auth.secret_key = '{REDACTED}': expected no spaces or line breaks"
+    )
 
 
 def test_bad_secret_value_is_shown_redacted(toml_file: Path) -> None:

@@ -100,6 +100,8 @@ def env_for(base_url: str, project_id: str, state: Path, receiver_url: str) -> d
             "CBR_WATCHER_WATCH__POLL_INTERVAL_MIN": "0.1s",
             "CBR_WATCHER_WATCH__POLL_INTERVAL_MAX": "0.3s",
             "CBR_WATCHER_STATE__PATH": str(state),
+            "CBR_WATCHER_SERVER__LISTEN": "127.0.0.1:0",
+            "CBR_WATCHER_SERVER__API_LISTEN": "127.0.0.1:0",
             "CBR_WATCHER_WEBHOOKS": json.dumps(
                 [{"name": "ops", "url": receiver_url, "secret": SECRET, "timeout": "1h"}]
             ),

@@ -46,6 +46,8 @@ def daemon_env(sim: Simulator, base_url: str, **extra: str) -> dict[str, str]:
             "CBR_WATCHER_WATCH__NOT_FOUND_GRACE": "1s",
             "CBR_WATCHER_LOG__FORMAT": "json",
             "CBR_WATCHER_STATE__PATH": ":memory:",
+            "CBR_WATCHER_SERVER__LISTEN": "127.0.0.1:0",
+            "CBR_WATCHER_SERVER__API_LISTEN": "127.0.0.1:0",
         }
     )
     env.update(extra)

@@ -90,6 +90,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StoreError as error:
         print(f"cbr-watcher: state error: {error}", file=sys.stderr)
         return EXIT_CONFIG
+    except OSError as error:
+        print(f"cbr-watcher: error: {error}", file=sys.stderr)
+        return EXIT_FAILURE
     except KeyboardInterrupt:
         return EXIT_OK
 

@@ -234,6 +234,16 @@ def _is_whsec(value: str) -> bool:
         return False
 
 
+def _no_blanks(value: SecretStr) -> SecretStr:
+    if any(c.isspace() for c in value.get_secret_value()):
+        # A stray space or newline would only show up later, as a rejected signature.
+        raise _Invalid("expected no spaces or line breaks")
+    return value
+
+
+NoBlanksSecret = Annotated[SecretStr, AfterValidator(_no_blanks)]
+
+
 def _whsec_or_empty(value: SecretStr) -> SecretStr:
     if value.get_secret_value() and not _is_whsec(value.get_secret_value()):
         raise _Invalid('expected "whsec_" followed by base64')
@@ -308,10 +318,10 @@ class AuthSettings(_Section):
     user_name: str = ""
     password: SecretStr = SecretStr("")
     password_file: ReadableFile = ""
-    access_key: SecretStr = SecretStr("")
-    secret_key: SecretStr = SecretStr("")
+    access_key: NoBlanksSecret = SecretStr("")
+    secret_key: NoBlanksSecret = SecretStr("")
     secret_key_file: ReadableFile = ""
-    security_token: SecretStr = SecretStr("")
+    security_token: NoBlanksSecret = SecretStr("")
     security_token_file: ReadableFile = ""
 
     @model_validator(mode="after")

@@ -1,22 +1,35 @@
 """Credentials for CBR requests.
 
 An `Authenticator` adds whatever a request needs (a header, a signature) and can be told to
-reload after a 401. The token authenticator takes `auth.token` or re-reads `auth.token_file`
-whenever the file changes, so a rotated Kubernetes Secret or systemd credential is picked up
-without a restart.
+reload after a 401. Three kinds exist, one per `auth.method`:
+
+- `TokenAuthenticator` (here): `auth.token`, or `auth.token_file` re-read whenever it changes,
+  so a rotated Kubernetes Secret or systemd credential is picked up without a restart;
+- `AkSkAuthenticator` (`watcher.cbr.aksk`): `SDK-HMAC-SHA256` signatures, with the secret key
+  and security token optionally read from files the same way;
+- `PasswordAuthenticator` (`watcher.cbr.iam`): a project-scoped IAM token, refreshed ahead of
+  its expiry.
+
+Optional extras the client uses when an authenticator has them (looked up with `getattr`, so
+an authenticator needs only `apply` and `reload`): `observe_response(status, headers)` after
+every request (`status` None when no answer came), and `redact(text)` for error messages.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Protocol
 
 from yarl import URL
 
+REDACTED = "**********"
+
 
 class CredentialsUnavailableError(Exception):
-    """The configured credentials cannot be read right now (missing or empty token file)."""
+    """The configured credentials cannot be used right now (missing or empty file, IAM failing,
+    signing paused after rejections). The message names the key and never holds a secret."""
 
 
 class Authenticator(Protocol):
@@ -31,37 +44,84 @@ class Authenticator(Protocol):
         ...
 
 
+class ResponseObserver(Protocol):
+    """The optional hook: an authenticator that wants to see how its requests were answered."""
+
+    def observe_response(self, status: int | None, headers: Mapping[str, str]) -> None:
+        """`status` is the HTTP status, or None when the request got no answer at all."""
+        ...
+
+
+class SecretSource:
+    """One secret from a fixed value or from a file re-read when its mtime, size or inode change.
+
+    `key` is the configuration key (e.g. "auth.secret_key"), used in error messages.
+    `version` goes up whenever the value read differs from the previous one.
+    """
+
+    def __init__(self, key: str, value: str = "", path: Path | None = None) -> None:
+        self.key = key
+        self._static = value
+        self._path = path
+        self._cached: str | None = None
+        self._stamp: tuple[int, int, int] | None = None
+        self._last: str | None = None
+        self.version = 0
+
+    @property
+    def configured(self) -> bool:
+        """Whether a value or a file was given."""
+        return bool(self._static) or self._path is not None
+
+    def current(self) -> str:
+        """The value now; CredentialsUnavailableError when the file is unreadable or empty."""
+        value = self._read() if self._path is not None else self._static
+        if value != self._last:
+            self._last = value
+            self.version += 1
+        return value
+
+    def _read(self) -> str:
+        assert self._path is not None
+        where = f"{self.key}_file {str(self._path)!r}"
+        try:
+            stat = self._path.stat()
+            stamp = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+            if stamp != self._stamp or self._cached is None:
+                self._cached = self._path.read_text(encoding="utf-8").strip()
+                self._stamp = stamp
+        except OSError as error:
+            raise CredentialsUnavailableError(
+                f"cannot read {where}: {os.strerror(error.errno or 0)}"
+            ) from None
+        except UnicodeDecodeError:
+            raise CredentialsUnavailableError(f"{where} is not UTF-8 text") from None
+        if not self._cached:
+            raise CredentialsUnavailableError(f"{where} is empty")
+        return self._cached
+
+    def forget(self) -> None:
+        """Read the file again on the next `current()`, changed or not."""
+        self._cached = None
+        self._stamp = None
+
+    def redact(self, text: str) -> str:
+        """`text` with the last value read replaced by REDACTED."""
+        secret = self._last or self._static
+        return text.replace(secret, REDACTED) if secret else text
+
+
 class TokenAuthenticator:
     """`X-Auth-Token` from a fixed value or from a file that is re-read when it changes."""
 
     def __init__(self, *, token: str = "", token_file: Path | None = None) -> None:
         if not token and token_file is None:
             raise ValueError("a token or a token file is required")
-        self._static = token
-        self._file = token_file
-        self._cached: str | None = None
-        self._stamp: tuple[int, int, int] | None = None
-
-    def _file_stamp(self, path: Path) -> tuple[int, int, int]:
-        stat = path.stat()
-        return stat.st_mtime_ns, stat.st_size, stat.st_ino
+        self._token = SecretSource("auth.token", token, token_file)
 
     def current_token(self) -> str:
         """The token to send now; re-reads the file when its mtime, size or inode changed."""
-        if self._file is None:
-            return self._static
-        try:
-            stamp = self._file_stamp(self._file)
-            if stamp != self._stamp or self._cached is None:
-                value = self._file.read_text(encoding="utf-8").strip()
-                self._cached, self._stamp = value, stamp
-        except OSError as error:
-            raise CredentialsUnavailableError(
-                f"cannot read auth.token_file {str(self._file)!r}: {os.strerror(error.errno or 0)}"
-            ) from error
-        if not self._cached:
-            raise CredentialsUnavailableError(f"auth.token_file {str(self._file)!r} is empty")
-        return self._cached
+        return self._token.current()
 
     async def apply(self, method: str, url: URL, headers: dict[str, str], body: bytes) -> None:
         """Set `X-Auth-Token`."""
@@ -69,5 +129,8 @@ class TokenAuthenticator:
 
     async def reload(self) -> None:
         """Drop the cached file content so the next request reads the file again."""
-        self._cached = None
-        self._stamp = None
+        self._token.forget()
+
+    def redact(self, text: str) -> str:
+        """`text` without the token."""
+        return self._token.redact(text)

@@ -34,6 +34,7 @@ from watcher.cbr.models import (
     parse_list_body,
     parse_show_body,
 )
+from watcher.cbr.signer import encode_query
 from watcher.clock import Clock
 from watcher.task_ids import validate_task_id
 
@@ -143,7 +144,10 @@ class CbrClient:
             if value is not None:
                 query[key] = str(value)
         query.update(extra or {})
-        url = (self._base / "v3" / self._project_id / "operation-logs").with_query(query)
+        url = self._base / "v3" / self._project_id / "operation-logs"
+        if query:
+            # Sent exactly as AK/SK signing canonicalises it (yarl would leave ':' bare).
+            url = URL(f"{url}?{encode_query(query.items())}", encoded=True)
         body = await self._get(LIST, url)
         try:
             return parse_list_body(body)
@@ -161,8 +165,13 @@ class CbrClient:
                 await self._auth.apply("GET", url, headers, b"")
             except CredentialsUnavailableError as error:
                 raise AuthError(str(error), label="credentials") from None
-            async with self._clock.timeout(self._timeout):
-                body, label = await self._exchange(url, headers)
+            answered: list[int] = []
+            try:
+                async with self._clock.timeout(self._timeout):
+                    body, label = await self._exchange(url, headers, answered)
+            finally:
+                if not answered:
+                    self._tell_auth(None, {})
             return body
         except CbrError as error:
             label = error.code_label
@@ -184,13 +193,23 @@ class CbrClient:
             if self._observe is not None:
                 self._observe(operation, label, self._clock.monotonic() - started)
 
-    async def _exchange(self, url: URL, headers: dict[str, str]) -> tuple[Any, str]:
+    def _tell_auth(self, status: int | None, headers: Mapping[str, str]) -> None:
+        """Hand the answer (None: no answer) to an authenticator that wants to see it."""
+        observe = getattr(self._auth, "observe_response", None)
+        if observe is not None:
+            observe(status, headers)
+
+    async def _exchange(
+        self, url: URL, headers: dict[str, str], answered: list[int]
+    ) -> tuple[Any, str]:
         assert self._session is not None
         async with self._session.get(
             url, headers=headers, allow_redirects=False, ssl=self._ssl
         ) as response:
-            raw = await response.read()
             status = response.status
+            answered.append(status)
+            self._tell_auth(status, response.headers)
+            raw = await response.read()
             if status == 200:
                 try:
                     return json.loads(raw), "200"
@@ -198,6 +217,10 @@ class CbrClient:
                     raise TransientError(
                         "malformed body: not JSON", http_status=200, label="malformed"
                     ) from None
+            redact = getattr(self._auth, "redact", None)
+            if redact is not None:
+                # A rejected signature's message echoes signed headers (X-Security-Token).
+                raw = redact(raw.decode("utf-8", "replace")).encode()
             raise _error_for(status, raw, response.headers)
 
 

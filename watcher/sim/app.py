@@ -17,6 +17,8 @@ from aiohttp import web
 
 from watcher.sim import bodies
 from watcher.sim.faults import Fault
+from watcher.sim.iam import TOKENS_PATH, http_date
+from watcher.sim.signature import SignedCall
 from watcher.sim.specs import spec_from_mapping
 from watcher.sim.tasks import matches, task_state
 
@@ -57,10 +59,11 @@ def raw_response(status: int, data: bytes, headers: dict[str, str] | None = None
 
 
 def make_app(sim: Simulator) -> web.Application:
-    """The full application: the two CBR endpoints and the control API."""
+    """The full application: the two CBR endpoints, IAM's token endpoint, the control API."""
     api = _CbrApi(sim)
     control = _ControlApi(sim)
     app = web.Application(middlewares=[api.middleware])
+    app.router.add_post(TOKENS_PATH, sim.iam.create_token)
     app.router.add_get(LIST_PATH, api.list_logs)
     app.router.add_get(SHOW_PATH, api.show_log)
     app.router.add_post("/_sim/tasks", control.add_tasks)
@@ -80,7 +83,7 @@ class _CbrApi:
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         """Log, delay, authenticate and fault-inject every request under /v3/."""
-        if not request.path.startswith(API_PREFIX):
+        if not request.path.startswith(API_PREFIX) or request.path == TOKENS_PATH:
             return await handler(request)
         task_id = request.match_info.get("operation_log_id")
         entry = self.sim.record(request.method, request.path, request.query_string, task_id)
@@ -89,6 +92,7 @@ class _CbrApi:
         if entry.fault in ("hang", "reset"):
             return response
         response.headers["X-Request-Id"] = request_id
+        response.headers["Date"] = http_date(self.sim.clock.wall())
         entry.status = response.status
         return response
 
@@ -101,7 +105,14 @@ class _CbrApi:
             await sim.clock.sleep(delay)
         if request.match_info.http_exception is not None:
             return json_response(404, bodies.unknown_api(request_id))
-        reason = sim.auth.check(request)
+        call = SignedCall(
+            request.method,
+            request.rel_url.raw_path,
+            request.rel_url.raw_query_string,
+            request.headers,
+            await request.read(),
+        )
+        reason = sim.auth.check(call)
         if reason is not None:
             return json_response(401, bodies.unauthorized(reason, request_id))
         if request.match_info["project_id"] != sim.project_id:
@@ -267,13 +278,14 @@ class _ControlApi:
         return json_response(200, self.sim.stats())
 
     async def set_auth(self, request: web.Request) -> web.StreamResponse:
-        """PUT /_sim/auth {"tokens": [...]} replaces the accepted tokens."""
+        """PUT /_sim/auth: replace any of `tokens`, `users`, `access_keys`, `token_lifetime`
+        and `iam_unavailable`; answers what is now set (counts for the lists)."""
         try:
             body = await request.json()
         except ValueError:
             return json_response(400, {"error": "body is not valid JSON"})
-        tokens = body.get("tokens") if isinstance(body, dict) else None
-        if not isinstance(tokens, list) or not all(isinstance(t, str) and t for t in tokens):
-            return json_response(400, {"error": 'expected {"tokens": ["<token>", ...]}'})
-        self.sim.set_tokens(tokens)
-        return json_response(200, {"tokens": len(tokens)})
+        try:
+            answer = self.sim.auth.update(body)
+        except ValueError as error:
+            return json_response(400, {"error": str(error)})
+        return json_response(200, answer)

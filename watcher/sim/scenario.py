@@ -4,6 +4,15 @@
 seed = 7
 project_id = "04f1829c788037ac2fb8c01eb2b04b95"   # optional
 tokens = ["sim-token"]                            # optional
+token_lifetime = "24h"                            # optional, IAM tokens issued to users
+[[users]]                                         # optional, for POST /v3/auth/tokens
+domain = "acme"
+user = "watcher"
+password = "…"
+[[access_keys]]                                   # optional, for AK/SK signatures
+access_key = "AKSIM…"
+secret_key = "…"
+security_token = ""                               # set: a temporary key
 [faults]                                          # optional, FaultProfile fields
 error_rate = 0.05
 [[tasks]]
@@ -26,13 +35,23 @@ from pathlib import Path
 from typing import Any
 
 from watcher.clock import Clock
+from watcher.sim.auth import (
+    DEFAULT_TOKEN_LIFETIME,
+    AccessKey,
+    User,
+    access_keys_from,
+    token_lifetime_from,
+    users_from,
+)
 from watcher.sim.faults import FaultProfile
 from watcher.sim.simulator import DEFAULT_PROJECT_ID, DEFAULT_TOKENS, Simulator
 from watcher.sim.specs import profile_from_mapping, spec_from_mapping
 from watcher.sim.tasks import SimTaskSpec
 from watcher.task_ids import TASK_ID_PATTERN
 
-SCENARIO_KEYS = frozenset({"seed", "project_id", "tokens", "faults", "tasks"})
+SCENARIO_KEYS = frozenset(
+    {"seed", "project_id", "tokens", "faults", "tasks", "users", "access_keys", "token_lifetime"}
+)
 
 
 @dataclass
@@ -44,6 +63,9 @@ class Scenario:
     tokens: tuple[str, ...] = DEFAULT_TOKENS
     faults: FaultProfile | None = None
     tasks: list[SimTaskSpec] = field(default_factory=list)
+    users: list[User] = field(default_factory=list)
+    access_keys: list[AccessKey] = field(default_factory=list)
+    token_lifetime: float = DEFAULT_TOKEN_LIFETIME
 
     def build(self, clock: Clock) -> Simulator:
         """A Simulator on `clock` holding this scenario's tasks, all created now."""
@@ -53,6 +75,9 @@ class Scenario:
             tokens=self.tokens,
             faults=self.faults,
             seed=self.seed,
+            users=self.users,
+            access_keys=self.access_keys,
+            token_lifetime=self.token_lifetime,
         )
         sim.add_tasks(self.tasks)
         return sim
@@ -74,11 +99,7 @@ def parse_scenario(data: Mapping[str, Any]) -> Scenario:
         if not isinstance(project_id, str) or not TASK_ID_PATTERN.fullmatch(project_id):
             raise ValueError("project_id: expected letters, digits, '_' or '-'")
         scenario.project_id = project_id
-    if "tokens" in data:
-        tokens = data["tokens"]
-        if not isinstance(tokens, list) or not all(isinstance(t, str) and t for t in tokens):
-            raise ValueError("tokens: expected a list of non-empty strings")
-        scenario.tokens = tuple(tokens)
+    _parse_credentials(data, scenario)
     if "faults" in data:
         scenario.faults = profile_from_mapping(data["faults"], "faults")
     tasks = data.get("tasks", [])
@@ -91,6 +112,21 @@ def parse_scenario(data: Mapping[str, Any]) -> Scenario:
             raise ValueError(f"tasks[{n}].id: duplicate task ID {spec.id!r}")
         seen.add(spec.id or "")
     return scenario
+
+
+def _parse_credentials(data: Mapping[str, Any], scenario: Scenario) -> None:
+    """`tokens`, `users`, `access_keys` and `token_lifetime` into `scenario`."""
+    if "tokens" in data:
+        tokens = data["tokens"]
+        if not isinstance(tokens, list) or not all(isinstance(t, str) and t for t in tokens):
+            raise ValueError("tokens: expected a list of non-empty strings")
+        scenario.tokens = tuple(tokens)
+    if "users" in data:
+        scenario.users = users_from(data["users"])
+    if "access_keys" in data:
+        scenario.access_keys = access_keys_from(data["access_keys"])
+    if "token_lifetime" in data:
+        scenario.token_lifetime = token_lifetime_from(data["token_lifetime"])
 
 
 def load_scenario(path: str | Path) -> Scenario:

@@ -13,8 +13,9 @@ from types import MappingProxyType
 from aiohttp import web
 
 from watcher.clock import Clock
-from watcher.sim.auth import TokenAuth
+from watcher.sim.auth import DEFAULT_TOKEN_LIFETIME, AccessKey, SimAuth, User
 from watcher.sim.faults import FaultInjector, FaultProfile, parse_fault
+from watcher.sim.iam import IamApi
 from watcher.sim.tasks import SimTask, SimTaskSpec, TaskState, random_uuid, realize, task_state
 from watcher.task_ids import validate_task_id
 
@@ -51,11 +52,18 @@ class Simulator:
         tokens: Iterable[str] = DEFAULT_TOKENS,
         faults: FaultProfile | None = None,
         seed: int = 0,
+        users: Iterable[User] = (),
+        access_keys: Iterable[AccessKey] = (),
+        token_lifetime: float = DEFAULT_TOKEN_LIFETIME,
     ) -> None:
         self.clock = clock
         self.project_id = project_id
         self.seed = seed
-        self.auth = TokenAuth(tokens)
+        self.auth = SimAuth(
+            clock, tokens=tokens, users=users, access_keys=access_keys,
+            token_lifetime=token_lifetime,
+        )
+        self.iam = IamApi(self)
         self.faults = FaultInjector(faults, seed)
         # Separate streams, so adding a task never shifts which request gets a random fault.
         self._task_rng = random.Random(f"cbr-sim-tasks-{seed}")
@@ -111,7 +119,7 @@ class Simulator:
 
     def set_tokens(self, tokens: Iterable[str]) -> None:
         """Replace the accepted `X-Auth-Token` values."""
-        self.auth.replace(tokens)
+        self.auth.tokens.replace(tokens)
 
     # -- requests ----------------------------------------------------------------------------
 
