@@ -96,8 +96,8 @@ class SystemdNotifier:
         environ: Mapping[str, str] | None = None,
         pid: int | None = None,
     ) -> None:
-        env = dict(os.environ if environ is None else environ)
-        self._environ = {key: env[key] for key in ("NOTIFY_SOCKET",) if key in env}
+        env = os.environ if environ is None else environ
+        self._environ = {"NOTIFY_SOCKET": env.get("NOTIFY_SOCKET", "")}
         self._engine = engine
         self._clock = clock
         self.enabled = bool(self._environ.get("NOTIFY_SOCKET"))
