@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 
 from watcher.demo import MISTYPED_TASK_ID, run_demo
 
@@ -19,5 +20,9 @@ async def test_demo_shows_every_outcome_and_a_summary() -> None:
     assert "unfinished" not in summary
     assert MISTYPED_TASK_ID in summary
     assert "BackupService.5009" in text  # the failed task's CBR error is shown
-    # Every finished task's webhooks reached the local receiver with valid signatures.
-    assert "20 events, 20 with a valid Standard Webhooks signature" in text
+    # Every webhook reached the local receiver with a valid signature: at least the final
+    # event of each of the 11 tasks (task.started too, when a poll caught the task running).
+    match = re.search(r"got (\d+) events, (\d+) with a valid Standard Webhooks signature", text)
+    assert match is not None
+    received, verified = int(match[1]), int(match[2])
+    assert received == verified >= 11

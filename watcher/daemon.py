@@ -7,20 +7,27 @@ import contextlib
 import random
 import signal
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
+from aiohttp import web
 
 from watcher import schedule
+from watcher.cbr.aksk import AkSkAuthenticator
 from watcher.cbr.auth import Authenticator, TokenAuthenticator
-from watcher.cbr.client import CbrClient
+from watcher.cbr.client import CbrClient, RequestObserver, make_ssl_context
+from watcher.cbr.iam import PasswordAuthenticator, TokenListener
 from watcher.clock import Clock, RealClock
-from watcher.config import ConfigError, Settings
+from watcher.config import Settings, parse_listen
 from watcher.engine import Engine, TaskRecorder, discard_records
 from watcher.events import EventSink, discard_events
+from watcher.metrics import Metrics
 from watcher.persistence import StateRecorder, restore
+from watcher.server import Health, start_metrics_listener
 from watcher.store import Store
 from watcher.systemd import SystemdNotifier
+from watcher.task_api import start_task_api
 from watcher.task_ids import InvalidTaskIdError, parse_task_file
 from watcher.webhooks import Deliverer, Receiver
 
@@ -31,13 +38,43 @@ EXIT_DRAIN_TIMEOUT = 30.0
 """With --exit-when-done, how long to wait for webhooks before exiting (the rest stay queued)."""
 
 
-def build_authenticator(settings: Settings) -> Authenticator:
-    """The authenticator `auth.method` asks for."""
-    auth = settings.auth
+def build_authenticator(
+    settings: Settings, clock: Clock | None = None, *, on_token: TokenListener | None = None
+) -> Authenticator:
+    """The authenticator `auth.method` asks for. `on_token` (password method only) is called
+    with each new token's expiry, for the token-expiry gauge."""
+    auth, cbr = settings.auth, settings.cbr
+    clock = clock or RealClock()
+
+    def path(value: str) -> Path | None:
+        return Path(value) if value else None
+
     if auth.method == "token":
-        token_file = Path(auth.token_file) if auth.token_file else None
-        return TokenAuthenticator(token=auth.token.get_secret_value(), token_file=token_file)
-    raise ConfigError(f"auth.method = {auth.method!r}: not supported yet; use 'token'")
+        return TokenAuthenticator(
+            token=auth.token.get_secret_value(), token_file=path(auth.token_file)
+        )
+    if auth.method == "aksk":
+        return AkSkAuthenticator(
+            access_key=auth.access_key.get_secret_value(),
+            secret_key=auth.secret_key.get_secret_value(),
+            secret_key_file=path(auth.secret_key_file),
+            security_token=auth.security_token.get_secret_value(),
+            security_token_file=path(auth.security_token_file),
+            project_id=cbr.project_id,
+            clock=clock,
+        )
+    return PasswordAuthenticator(
+        iam_endpoint=settings.effective_iam_endpoint,
+        domain_name=auth.domain_name,
+        user_name=auth.user_name,
+        password=auth.password.get_secret_value(),
+        password_file=path(auth.password_file),
+        project_id=cbr.project_id,
+        clock=clock,
+        request_timeout=cbr.request_timeout,
+        ssl_setting=make_ssl_context(verify=cbr.verify_tls, ca_file=cbr.ca_file),
+        on_token=on_token,
+    )
 
 
 def build_policy(settings: Settings) -> schedule.Policy:
@@ -77,19 +114,38 @@ def build_engine(
     return engine
 
 
-def build_client(settings: Settings, clock: Clock) -> CbrClient:
-    """A CBR client for the configured endpoint, project, TLS and credentials."""
+def build_client(
+    settings: Settings,
+    clock: Clock,
+    *,
+    observe: RequestObserver | None = None,
+    on_token: TokenListener | None = None,
+) -> CbrClient:
+    """A CBR client for the configured endpoint, project, TLS and credentials; `observe` sees
+    every request (the metrics), `on_token` every new IAM token's expiry."""
     cbr = settings.cbr
     return CbrClient(
         endpoint=cbr.effective_endpoint,
         project_id=cbr.project_id,
-        auth=build_authenticator(settings),
+        auth=build_authenticator(settings, clock, on_token=on_token),
         clock=clock,
         request_timeout=cbr.request_timeout,
         verify_tls=cbr.verify_tls,
         ca_file=cbr.ca_file,
         max_connections=settings.watch.max_concurrency,
+        observe=observe,
     )
+
+
+@dataclass(frozen=True)
+class DaemonHandle:
+    """What `run_daemon(started=...)` hands over once everything listens."""
+
+    engine: Engine
+    metrics: Metrics
+    health: Health
+    metrics_url: str
+    """Where /metrics, /healthz and /readyz are served, e.g. http://127.0.0.1:9471."""
 
 
 class TaskFileSource:
@@ -144,18 +200,31 @@ async def run_daemon(
     clock: Clock | None = None,
     on_event: EventSink = discard_events,
     install_signal_handlers: bool = True,
-    started: Callable[[Engine], None] | None = None,
+    started: Callable[[DaemonHandle], None] | None = None,
 ) -> int:
     """Run the watcher until SIGTERM/SIGINT (exit 0) or, with exit_when_done, until all ended."""
     clock = clock or RealClock()
+    metrics = Metrics(
+        clock=clock,
+        retention=settings.metrics.retention,
+        max_task_series=settings.metrics.max_task_series,
+    )
+    metrics.register_receivers(receiver.name for receiver in settings.webhooks)
+    health = Health(clock)
+    health.require("config", "state", "tasks", "listener")
+    health.mark("config")
     store = await Store.open(settings.state.effective_path())
     try:
-        async with build_client(settings, clock) as client:
+        async with build_client(
+            settings, clock, observe=metrics.observe_request, on_token=metrics.set_token_expiry
+        ) as client:
             return await _run_with_store(
                 settings,
                 store,
                 client,
                 clock,
+                metrics=metrics,
+                health=health,
                 on_event=on_event,
                 install_signal_handlers=install_signal_handlers,
                 started=started,
@@ -170,20 +239,37 @@ async def _run_with_store(
     client: CbrClient,
     clock: Clock,
     *,
+    metrics: Metrics,
+    health: Health,
     on_event: EventSink,
     install_signal_handlers: bool,
-    started: Callable[[Engine], None] | None,
+    started: Callable[[DaemonHandle], None] | None,
 ) -> int:
     receivers = [Receiver(receiver) for receiver in settings.webhooks]
     deliverer = (
-        Deliverer(store=store, receivers=receivers, clock=clock, project_id=settings.cbr.project_id)
+        Deliverer(
+            store=store,
+            receivers=receivers,
+            clock=clock,
+            project_id=settings.cbr.project_id,
+            observer=metrics,
+        )
         if receivers
         else None
     )
     engine = build_engine(
-        settings, client, clock, on_event=on_event, record=StateRecorder(store, deliverer)
+        settings,
+        client,
+        clock,
+        on_event=metrics.wrap_sink(on_event),
+        record=StateRecorder(store, deliverer),
     )
+    metrics.attach(engine)
+    health.watch_loop(engine)
     await restore(engine, store, now=clock.wall())
+    for operation_type, ended in (await store.last_successes()).items():
+        metrics.restore_last_success(operation_type, ended)
+    health.mark("state")
     for task_id in settings.watch.tasks:
         engine.add(task_id, source="config")
     task_file = (
@@ -191,6 +277,18 @@ async def _run_with_store(
     )
     if task_file is not None:
         task_file.reload(force=True)
+    health.mark("tasks")
+    metrics_listener = await start_metrics_listener(metrics, health, settings.server.listen)
+    api_runner: web.AppRunner | None = None
+    if settings.server.api_listen:
+        host, port = parse_listen(settings.server.api_listen)
+        api_runner, _ = await start_task_api(
+            engine,
+            store,
+            host=host,
+            port=port,
+            api_token=settings.server.api_token.get_secret_value(),
+        )
     notifier = SystemdNotifier(engine, clock)
     loop = asyncio.get_running_loop()
     if install_signal_handlers:
@@ -204,7 +302,7 @@ async def _run_with_store(
         max_requests_per_second=settings.watch.max_requests_per_second,
     )
     if started is not None:
-        started(engine)
+        started(DaemonHandle(engine, metrics, health, metrics_listener.url))
     follower = (
         asyncio.create_task(task_file.follow(clock), name="task file")
         if task_file is not None
@@ -230,6 +328,9 @@ async def _run_with_store(
         if deliverer is not None and delivering is not None:
             await deliverer.stop()
             await delivering
+        if api_runner is not None:
+            await api_runner.cleanup()
+        await metrics_listener.close()
         if install_signal_handlers:
             _remove_signal_handlers(loop)
     _log_summary(engine)
