@@ -6,12 +6,12 @@ import asyncio
 import contextlib
 import random
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import structlog
-from aiohttp import web
 
 from watcher import schedule
 from watcher.cbr.aksk import AkSkAuthenticator
@@ -202,7 +202,11 @@ async def run_daemon(
     install_signal_handlers: bool = True,
     started: Callable[[DaemonHandle], None] | None = None,
 ) -> int:
-    """Run the watcher until SIGTERM/SIGINT (exit 0) or, with exit_when_done, until all ended."""
+    """Run the watcher until SIGTERM/SIGINT (exit 0) or, with exit_when_done, until all ended.
+
+    Start-up order: configuration → state restored → tasks loaded → listeners bound →
+    READY=1. Everything started is stopped in reverse order, also when start-up fails.
+    """
     clock = clock or RealClock()
     metrics = Metrics(
         clock=clock,
@@ -213,128 +217,114 @@ async def run_daemon(
     health = Health(clock)
     health.require("config", "state", "tasks", "listener")
     health.mark("config")
-    store = await Store.open(settings.state.effective_path())
-    try:
-        async with build_client(
-            settings, clock, observe=metrics.observe_request, on_token=metrics.set_token_expiry
-        ) as client:
-            return await _run_with_store(
-                settings,
-                store,
-                client,
-                clock,
-                metrics=metrics,
-                health=health,
-                on_event=on_event,
-                install_signal_handlers=install_signal_handlers,
-                started=started,
+    async with contextlib.AsyncExitStack() as stack:
+        store = await Store.open(settings.state.effective_path())
+        stack.push_async_callback(store.close)
+        client = await stack.enter_async_context(
+            build_client(
+                settings, clock, observe=metrics.observe_request, on_token=metrics.set_token_expiry
             )
-    finally:
-        await store.close()
-
-
-async def _run_with_store(
-    settings: Settings,
-    store: Store,
-    client: CbrClient,
-    clock: Clock,
-    *,
-    metrics: Metrics,
-    health: Health,
-    on_event: EventSink,
-    install_signal_handlers: bool,
-    started: Callable[[DaemonHandle], None] | None,
-) -> int:
-    receivers = [Receiver(receiver) for receiver in settings.webhooks]
-    deliverer = (
-        Deliverer(
-            store=store,
-            receivers=receivers,
-            clock=clock,
-            project_id=settings.cbr.project_id,
-            observer=metrics,
         )
-        if receivers
-        else None
-    )
-    engine = build_engine(
-        settings,
-        client,
-        clock,
-        on_event=metrics.wrap_sink(on_event),
-        record=StateRecorder(store, deliverer),
-    )
-    metrics.attach(engine)
-    health.watch_loop(engine)
-    await restore(engine, store, now=clock.wall())
-    for operation_type, ended in (await store.last_successes()).items():
-        metrics.restore_last_success(operation_type, ended)
-    health.mark("state")
-    for task_id in settings.watch.tasks:
-        engine.add(task_id, source="config")
-    task_file = (
-        TaskFileSource(Path(settings.watch.task_file), engine) if settings.watch.task_file else None
-    )
-    if task_file is not None:
-        task_file.reload(force=True)
-    health.mark("tasks")
-    metrics_listener = await start_metrics_listener(metrics, health, settings.server.listen)
-    api_runner: web.AppRunner | None = None
-    if settings.server.api_listen:
-        host, port = parse_listen(settings.server.api_listen)
-        api_runner, _ = await start_task_api(
-            engine,
-            store,
-            host=host,
-            port=port,
-            api_token=settings.server.api_token.get_secret_value(),
+        receivers = [Receiver(receiver) for receiver in settings.webhooks]
+        deliverer = (
+            Deliverer(
+                store=store,
+                receivers=receivers,
+                clock=clock,
+                project_id=settings.cbr.project_id,
+                observer=metrics,
+            )
+            if receivers
+            else None
         )
-    notifier = SystemdNotifier(engine, clock)
-    loop = asyncio.get_running_loop()
-    if install_signal_handlers:
-        _install_signal_handlers(loop, engine, task_file, notifier)
-    if engine.exit_when_done and not engine.tasks:
-        log.warning("daemon.nothing_to_watch")
-    log.info(
-        "daemon.started",
-        tasks=len(engine.tasks),
-        endpoint=settings.cbr.effective_endpoint,
-        max_requests_per_second=settings.watch.max_requests_per_second,
-    )
-    if started is not None:
-        started(DaemonHandle(engine, metrics, health, metrics_listener.url))
-    follower = (
-        asyncio.create_task(task_file.follow(clock), name="task file")
-        if task_file is not None
-        else None
-    )
-    delivering = asyncio.create_task(deliverer.run(), name="webhooks") if deliverer else None
-    # READY=1 only now: configuration, restored state and listeners are all in place.
-    notifier.ready()
-    notifying = asyncio.create_task(notifier.run(), name="systemd notify")
-    try:
+        engine = build_engine(
+            settings,
+            client,
+            clock,
+            on_event=metrics.wrap_sink(on_event),
+            record=StateRecorder(store, deliverer),
+        )
+        metrics.attach(engine)
+        health.watch_loop(engine)
+
+        await restore(engine, store, now=clock.wall())
+        for operation_type, ended in (await store.last_successes()).items():
+            metrics.restore_last_success(operation_type, ended)
+        health.mark("state")
+
+        for task_id in settings.watch.tasks:
+            engine.add(task_id, source="config")
+        task_file = (
+            TaskFileSource(Path(settings.watch.task_file), engine)
+            if settings.watch.task_file
+            else None
+        )
+        if task_file is not None:
+            task_file.reload(force=True)
+        health.mark("tasks")
+
+        metrics_listener = await start_metrics_listener(metrics, health, settings.server.listen)
+        stack.push_async_callback(metrics_listener.close)
+        if settings.server.api_listen:
+            host, port = parse_listen(settings.server.api_listen)
+            api_runner, _ = await start_task_api(
+                engine,
+                store,
+                host=host,
+                port=port,
+                api_token=settings.server.api_token.get_secret_value(),
+            )
+            stack.push_async_callback(api_runner.cleanup)
+
+        notifier = SystemdNotifier(engine, clock)
+        if install_signal_handlers:
+            loop = asyncio.get_running_loop()
+            _install_signal_handlers(loop, engine, task_file, notifier)
+            stack.callback(_remove_signal_handlers, loop)
+        if deliverer is not None:
+            delivering = asyncio.create_task(deliverer.run(), name="webhooks")
+            stack.push_async_callback(_stop_deliverer, deliverer, delivering)
+        if task_file is not None:
+            _background(stack, task_file.follow(clock), "task file")
+        if engine.exit_when_done and not engine.tasks:
+            log.warning("daemon.nothing_to_watch")
+        log.info(
+            "daemon.started",
+            tasks=len(engine.tasks),
+            endpoint=settings.cbr.effective_endpoint,
+            max_requests_per_second=settings.watch.max_requests_per_second,
+        )
+        if started is not None:
+            started(DaemonHandle(engine, metrics, health, metrics_listener.url))
+
+        # READY=1 only now: configuration, restored state and listeners are all in place.
+        notifier.ready()
+        _background(stack, notifier.run(), "systemd notify")
+        stack.callback(notifier.stopping)
         await engine.run()
         if deliverer is not None and engine.exit_when_done and engine.all_done():
             await deliverer.wait_drained(EXIT_DRAIN_TIMEOUT)
-    finally:
-        notifier.stopping()
-        notifying.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await notifying
-        if follower is not None:
-            follower.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await follower
-        if deliverer is not None and delivering is not None:
-            await deliverer.stop()
-            await delivering
-        if api_runner is not None:
-            await api_runner.cleanup()
-        await metrics_listener.close()
-        if install_signal_handlers:
-            _remove_signal_handlers(loop)
     _log_summary(engine)
     return engine.exit_code() if engine.exit_when_done else 0
+
+
+def _background(
+    stack: contextlib.AsyncExitStack, work: Coroutine[Any, Any, None], name: str
+) -> None:
+    """Run `work` as a task that the exit stack cancels and awaits."""
+    task = asyncio.create_task(work, name=name)
+
+    async def cancel() -> None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    stack.push_async_callback(cancel)
+
+
+async def _stop_deliverer(deliverer: Deliverer, delivering: asyncio.Task[None]) -> None:
+    await deliverer.stop()
+    await delivering
 
 
 def _install_signal_handlers(
