@@ -12,8 +12,9 @@ from typing import Any, TypeVar
 import pytest
 from structlog.testing import capture_logs
 
+from tests.daemon_process import json_lines, run_cli
 from tests.support import World, make_engine, run_until
-from tests.test_daemon import daemon_env, json_lines, run_cli
+from tests.test_daemon import daemon_env
 from watcher.cbr.aksk import AkSkAuthenticator
 from watcher.cbr.auth import Authenticator, TokenAuthenticator
 from watcher.cbr.client import CbrClient
@@ -40,7 +41,9 @@ def clock() -> FakeClock:
 @pytest.fixture
 async def sim(clock: FakeClock) -> AsyncIterator[Simulator]:
     sim = Simulator(
-        clock, seed=4, users=[USER],
+        clock,
+        seed=4,
+        users=[USER],
         access_keys=[AccessKey(AK, SK), AccessKey(TEMP_AK, TEMP_SK, STS)],
     )
     async with sim.running() as base_url:
@@ -53,9 +56,7 @@ def base(sim: Simulator) -> str:
 
 
 @asynccontextmanager
-async def world_with(
-    sim: Simulator, clock: FakeClock, auth: Authenticator
-) -> AsyncIterator[World]:
+async def world_with(sim: Simulator, clock: FakeClock, auth: Authenticator) -> AsyncIterator[World]:
     """The `world` fixture's shape with any authenticator."""
     client = CbrClient(endpoint=base(sim), project_id=sim.project_id, auth=auth, clock=clock)
     async with client:
@@ -85,7 +86,9 @@ def aksk(sim: Simulator, clock: FakeClock, **options: Any) -> AkSkAuthenticator:
 
 def password_auth(sim: Simulator, clock: FakeClock, **options: Any) -> PasswordAuthenticator:
     values: dict[str, Any] = {
-        "iam_endpoint": base(sim), "domain_name": USER.domain, "user_name": USER.name,
+        "iam_endpoint": base(sim),
+        "domain_name": USER.domain,
+        "user_name": USER.name,
         "password": USER.password,
     }
     values.update(options)
@@ -99,9 +102,7 @@ def iam_statuses(sim: Simulator) -> list[int]:
 # -- AK/SK ------------------------------------------------------------------------------------
 
 
-async def test_aksk_requests_pass_the_simulators_verifier(
-    sim: Simulator, clock: FakeClock
-) -> None:
+async def test_aksk_requests_pass_the_simulators_verifier(sim: Simulator, clock: FakeClock) -> None:
     """ShowOpLog and ListOpLogs (a query with ':' and a space) are signed as sent."""
     sim.add_task(SimTaskSpec(id="t-1", vault_name="vault one"))
     async with world_with(sim, clock, aksk(sim, clock)) as world:
@@ -121,8 +122,14 @@ async def test_temporary_credentials_from_files(
     (tmp_path / "sk").write_text(TEMP_SK + "\n")
     (tmp_path / "sts").write_text(STS + "\n")
     sim.add_task(SimTaskSpec(id="t-1"))
-    auth = aksk(sim, clock, access_key=TEMP_AK, secret_key="",
-                secret_key_file=tmp_path / "sk", security_token_file=tmp_path / "sts")
+    auth = aksk(
+        sim,
+        clock,
+        access_key=TEMP_AK,
+        secret_key="",
+        secret_key_file=tmp_path / "sk",
+        security_token_file=tmp_path / "sts",
+    )
     async with world_with(sim, clock, auth) as world:
         assert (await world.client.show_op_log("t-1")).id == "t-1"
 
@@ -134,8 +141,9 @@ async def test_rotated_secret_key_file_is_used(
     secret_file = tmp_path / "sk"
     secret_file.write_text(SK)
     sim.add_task(SimTaskSpec(id="t-1"))
-    async with world_with(sim, clock, aksk(sim, clock, secret_key="",
-                                            secret_key_file=secret_file)) as world:
+    async with world_with(
+        sim, clock, aksk(sim, clock, secret_key="", secret_key_file=secret_file)
+    ) as world:
         assert (await world.client.show_op_log("t-1")).id == "t-1"
         sim.auth.set_access_keys([AccessKey(AK, "sk-SECRET-2")])
         assert isinstance(await failure(clock, world.client.show_op_log("t-1")), AuthError)
@@ -204,7 +212,9 @@ async def test_wrong_secret_key_over_an_hour_with_the_engine(
     assert sim.auth.ak_locks == 0
     locked = [e for e in logs if e["event"] == "auth.locked_out"]
     assert [(e["log_level"], e["pause_seconds"]) for e in locked] == [
-        ("error", 300), ("warning", 900), ("warning", 3600)
+        ("error", 300),
+        ("warning", 900),
+        ("warning", 3600),
     ]
 
 
@@ -234,9 +244,7 @@ async def test_too_much_skew_is_rejected_and_named_in_the_lockout(sim: Simulator
     assert locked[0]["clock_skew_seconds"] == -1200
 
 
-async def test_secrets_echoed_by_the_gateway_are_redacted(
-    sim: Simulator, clock: FakeClock
-) -> None:
+async def test_secrets_echoed_by_the_gateway_are_redacted(sim: Simulator, clock: FakeClock) -> None:
     """A rejected signature's message echoes the signed X-Security-Token: never shown."""
     auth = aksk(sim, clock, access_key=TEMP_AK, secret_key="wrong-SECRET", security_token=STS)
     async with world_with(sim, clock, auth) as world:
@@ -433,13 +441,13 @@ def test_bad_iam_timestamps(text: object) -> None:
     [
         ({"method": "token", "token": "t"}, TokenAuthenticator),
         ({"method": "aksk", "access_key": "a", "secret_key": "s"}, AkSkAuthenticator),
-        ({"method": "password", "domain_name": "d", "user_name": "u", "password": "p"},
-         PasswordAuthenticator),
+        (
+            {"method": "password", "domain_name": "d", "user_name": "u", "password": "p"},
+            PasswordAuthenticator,
+        ),
     ],
 )
-def test_build_authenticator_follows_auth_method(
-    auth: dict[str, str], kind: type[object]
-) -> None:
+def test_build_authenticator_follows_auth_method(auth: dict[str, str], kind: type[object]) -> None:
     settings = Settings(cbr={"region": "ap-southeast-1", "project_id": "p"}, auth=auth)
     assert isinstance(build_authenticator(settings, FakeClock()), kind)
 
@@ -451,7 +459,10 @@ def test_build_authenticator_follows_auth_method(
 async def live_sim() -> AsyncIterator[tuple[Simulator, str]]:
     """A simulator on real time with a user and a temporary access key, for a subprocess."""
     sim = Simulator(
-        RealClock(), tokens=[TOKEN], seed=6, users=[USER],
+        RealClock(),
+        tokens=[TOKEN],
+        seed=6,
+        users=[USER],
         access_keys=[AccessKey(TEMP_AK, TEMP_SK, STS)],
     )
     async with sim.running() as base_url:

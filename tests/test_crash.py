@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
-import os
 import signal
-import subprocess
-import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
+from tests.daemon_process import DaemonProcess, clean_env
 from tests.support import TestReceiver
 from watcher.clock import RealClock
 from watcher.sim import SimTaskSpec, Simulator
@@ -22,61 +18,6 @@ from watcher.store import Store
 
 TOKEN = "crash-test-token"
 SECRET = "whsec_" + base64.b64encode(b"crash-test-secret-of-32-bytes!!!").decode()
-
-
-class Daemon:
-    """`cbr-watcher run` in a subprocess, its JSON log lines collected as they come."""
-
-    def __init__(self, env: dict[str, str]) -> None:
-        self.env = env
-        self.lines: list[dict[str, Any]] = []
-        self.proc: asyncio.subprocess.Process | None = None
-        self._reader: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        """Spawn the daemon."""
-        self.proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "watcher",
-            "run",
-            env=self.env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-        )
-        self._reader = asyncio.create_task(self._read())
-
-    async def _read(self) -> None:
-        assert self.proc is not None
-        assert self.proc.stdout is not None
-        async for line in self.proc.stdout:
-            self.lines.append(json.loads(line))
-
-    async def wait_for(self, condition: Callable[[], bool], what: str) -> None:
-        """Wait (at most 60 s of real time) for a condition on logs or peers."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 60
-        while not condition():
-            assert self.proc is not None
-            assert self.proc.returncode is None, f"daemon exited while waiting for {what}"
-            assert loop.time() < deadline, f"timed out waiting for {what}"
-            await asyncio.sleep(0.02)
-
-    def logged(self, event: str, **fields: Any) -> bool:
-        """Whether a log line with this event and fields was written."""
-        return any(
-            line.get("event") == event and all(line.get(k) == v for k, v in fields.items())
-            for line in self.lines
-        )
-
-    async def kill(self, signum: int) -> int:
-        """Send `signum` and wait for the exit code."""
-        assert self.proc is not None
-        assert self._reader is not None
-        self.proc.send_signal(signum)
-        code = await asyncio.wait_for(self.proc.wait(), 30)
-        await self._reader
-        return code
 
 
 @pytest.fixture
@@ -89,10 +30,8 @@ async def live_sim() -> AsyncIterator[tuple[Simulator, str]]:
 
 def env_for(base_url: str, project_id: str, state: Path, receiver_url: str) -> dict[str, str]:
     """A daemon configuration: fast polling, one signed receiver, a state file."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CBR_WATCHER_")}
-    env.pop("CREDENTIALS_DIRECTORY", None)
-    env.update(
-        {
+    return clean_env(
+        **{
             "CBR_WATCHER_CBR__ENDPOINT": base_url,
             "CBR_WATCHER_CBR__PROJECT_ID": project_id,
             "CBR_WATCHER_AUTH__TOKEN": TOKEN,
@@ -109,7 +48,6 @@ def env_for(base_url: str, project_id: str, state: Path, receiver_url: str) -> d
             "CBR_WATCHER_LOG__LEVEL": "debug",
         }
     )
-    return env
 
 
 async def test_kill_9_loses_nothing_and_resends_nothing_acknowledged(
@@ -125,7 +63,7 @@ async def test_kill_9_loses_nothing_and_resends_nothing_acknowledged(
     async with TestReceiver() as receiver:
         receiver.script = [200, "hang", *[503] * 1000]
         env = env_for(base_url, sim.project_id, state, receiver.url)
-        first = Daemon(env)
+        first = DaemonProcess(env)
         await first.start()
         await first.wait_for(
             lambda: (
@@ -150,7 +88,7 @@ async def test_kill_9_loses_nothing_and_resends_nothing_acknowledged(
         in_phase_one = len(receiver.received)
         receiver.script = []
 
-        second = Daemon(env)
+        second = DaemonProcess(env)
         await second.start()
         expected_types = {
             "quick-a": {"task.started", "task.succeeded"},

@@ -12,12 +12,13 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.daemon_process import json_lines, run_cli
 from watcher.clock import RealClock
 from watcher.sim import SimTaskSpec, Simulator
 
@@ -54,28 +55,14 @@ def daemon_env(sim: Simulator, base_url: str, **extra: str) -> dict[str, str]:
     return env
 
 
-async def run_cli(*args: str, env: Mapping[str, str]) -> tuple[int, str, str]:
-    """Run `python -m watcher ARGS` to completion without blocking the simulator's loop."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "watcher", *args,
-        env=dict(env), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-    )
-    stdout, stderr = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode is not None
-    return proc.returncode, stdout.decode(), stderr.decode()
-
-
-def json_lines(text: str) -> list[dict[str, Any]]:
-    """Every stdout line must be one JSON object (SPEC §8)."""
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
-
-
 async def test_exit_when_done_all_succeeded_exits_0(live_sim: tuple[Simulator, str]) -> None:
     """Every task succeeds → exit 0, one final status line per task, JSON on stdout."""
     sim, base_url = live_sim
     ids = [sim.add_task(SimTaskSpec(id=f"ok-{n}", waiting=0.2, running=0.6)) for n in range(3)]
     code, out, err = await run_cli(
-        "run", "--exit-when-done", *[a for i in ids for a in ("--task", i)],
+        "run",
+        "--exit-when-done",
+        *[a for i in ids for a in ("--task", i)],
         env=daemon_env(sim, base_url),
     )
     assert code == 0, err
@@ -92,7 +79,14 @@ async def test_exit_when_done_with_a_failure_exits_3(live_sim: tuple[Simulator, 
     good = sim.add_task(SimTaskSpec(id="fine", waiting=0.1, running=0.3))
     bad = sim.add_task(SimTaskSpec(id="broken", outcome="failed", waiting=0.1, running=0.3))
     code, out, _ = await run_cli(
-        "run", "--exit-when-done", "--task", good, "--task", bad, "--task", "never-existed",
+        "run",
+        "--exit-when-done",
+        "--task",
+        good,
+        "--task",
+        bad,
+        "--task",
+        "never-existed",
         env=daemon_env(sim, base_url),
     )
     assert code == 3
@@ -105,8 +99,15 @@ async def test_sigterm_stops_cleanly_with_exit_0(live_sim: tuple[Simulator, str]
     sim, base_url = live_sim
     task_id = sim.add_task(SimTaskSpec(id="long", waiting=0.1, running=3600))
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "watcher", "run", "--task", task_id,
-        env=daemon_env(sim, base_url), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "watcher",
+        "run",
+        "--task",
+        task_id,
+        env=daemon_env(sim, base_url),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
     assert proc.stdout is not None
     while True:
@@ -133,8 +134,13 @@ async def test_sighup_rereads_the_task_file(
     task_file.write_text(f"# watched tasks\n{first}\n")
     env = daemon_env(sim, base_url, CBR_WATCHER_WATCH__TASK_FILE=str(task_file))
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "watcher", "run",
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "watcher",
+        "run",
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
     assert proc.stdout is not None
     try:
@@ -184,7 +190,9 @@ async def test_missing_config_file_exits_78(tmp_path: Path) -> None:
     """--config naming a file that does not exist is a configuration error."""
     sim = Simulator(RealClock())
     code, _, err = await run_cli(
-        "check-config", "--config", str(tmp_path / "nope.toml"),
+        "check-config",
+        "--config",
+        str(tmp_path / "nope.toml"),
         env=daemon_env(sim, "http://127.0.0.1:9"),
     )
     assert code == 78

@@ -15,10 +15,8 @@ import json
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -28,6 +26,7 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.daemon_process import DaemonProcess
 from tests.support import TestReceiver
 from watcher.clock import RealClock
 from watcher.sim import SimTaskSpec, Simulator
@@ -76,8 +75,19 @@ GRAFANA_VARIABLES = {
     "$instance": ".*",
 }
 _PROMQL_WORDS = {
-    "and", "or", "unless", "by", "without", "on", "ignoring", "group_left", "group_right",
-    "bool", "offset", "inf", "nan",
+    "and",
+    "or",
+    "unless",
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "bool",
+    "offset",
+    "inf",
+    "nan",
 }
 
 
@@ -101,65 +111,7 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-class Daemon:
-    """`cbr-watcher run` in a subprocess; its JSON log lines are collected as they come."""
-
-    def __init__(self, env: dict[str, str]) -> None:
-        self.env = env
-        self.lines: list[dict[str, Any]] = []
-        self.proc: asyncio.subprocess.Process | None = None
-        self._reader: asyncio.Task[None] | None = None
-
-    async def start(self) -> str:
-        """Spawn it and return the URL of its metrics listener (from `server.listening`)."""
-        self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "watcher", "run",
-            env=self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        )
-        self._reader = asyncio.create_task(self._read())
-
-        async def listening() -> bool:
-            assert self.proc is not None
-            if self.proc.returncode is not None:
-                assert self.proc.stderr is not None
-                err = (await self.proc.stderr.read()).decode()
-                pytest.fail(f"daemon exited with {self.proc.returncode}: {err}")
-            return any(line["event"] == "server.listening" for line in self.lines)
-
-        await eventually(listening, "the daemon's server.listening log line", within=30)
-        [url] = [line["url"] for line in self.lines if line["event"] == "server.listening"]
-        return str(url)
-
-    async def _read(self) -> None:
-        assert self.proc is not None
-        assert self.proc.stdout is not None
-        async for line in self.proc.stdout:
-            self.lines.append(json.loads(line))
-
-    def hup(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGHUP)
-
-    async def stop(self) -> None:
-        """SIGTERM and wait; the daemon must exit 0."""
-        proc = self.proc
-        if proc is None or proc.returncode is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(proc.wait(), 30)
-        finally:
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
-            if self._reader is not None:
-                await self._reader
-        assert proc.returncode == 0
-
-
-def daemon_env(
-    sim: Simulator, base_url: str, task_file: Path, receiver_url: str
-) -> dict[str, str]:
+def daemon_env(sim: Simulator, base_url: str, task_file: Path, receiver_url: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CBR_WATCHER_")}
     env.pop("CREDENTIALS_DIRECTORY", None)
     env.update(
@@ -182,21 +134,22 @@ def daemon_env(
 
 
 @pytest.fixture
-async def live(tmp_path: Path) -> AsyncIterator[tuple[Simulator, Daemon, str, Path]]:
+async def live(tmp_path: Path) -> AsyncIterator[tuple[Simulator, DaemonProcess, str, Path]]:
     """A simulator and a webhook receiver on real time, and a daemon watching a task file."""
     sim = Simulator(RealClock(), tokens=[TOKEN], seed=5)
     task_file = tmp_path / "tasks.txt"
     task_file.write_text("")
     async with sim.running() as base_url, TestReceiver() as receiver:
-        daemon = Daemon(daemon_env(sim, base_url, task_file, receiver.url))
-        url = await daemon.start()
+        daemon = DaemonProcess(daemon_env(sim, base_url, task_file, receiver.url))
+        await daemon.start()
+        url = await daemon.url("server.listening")
         try:
             yield sim, daemon, url, task_file
         finally:
             await daemon.stop()
 
 
-def watch(daemon: Daemon, task_file: Path, sim: Simulator, *specs: SimTaskSpec) -> list[str]:
+def watch(daemon: DaemonProcess, task_file: Path, sim: Simulator, *specs: SimTaskSpec) -> list[str]:
     """Create tasks in the simulator and make the daemon watch them (task file + SIGHUP)."""
     ids = sim.add_tasks(specs)
     with task_file.open("a") as handle:
@@ -224,7 +177,7 @@ def metric_names(expr: str) -> set[str]:
     text = re.sub(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", text)
     names = set()
     for match in re.finditer(r"(?<![\w.])[A-Za-z_:][A-Za-z0-9_:]*", text):
-        if text[match.end():].lstrip().startswith("("):
+        if text[match.end() :].lstrip().startswith("("):
             continue  # a function
         if match.group() not in _PROMQL_WORDS:
             names.add(match.group())
@@ -282,7 +235,10 @@ def test_promtool_test_rules() -> None:
     assert PROMTOOL is not None
     result = subprocess.run(
         [PROMTOOL, "test", "rules", ALERT_TESTS.name],
-        cwd=ALERT_TESTS.parent, capture_output=True, text=True, check=False,
+        cwd=ALERT_TESTS.parent,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     tests = ALERT_TESTS.read_text()
@@ -328,19 +284,27 @@ def test_metric_names_are_found_in_expressions() -> None:
 
 @needs_promtool
 async def test_live_scrape_is_lint_clean_and_has_every_metric(
-    live: tuple[Simulator, Daemon, str, Path],
+    live: tuple[Simulator, DaemonProcess, str, Path],
 ) -> None:
     """A daemon watching simulator tasks: `promtool check metrics` prints nothing, every SPEC
     metric is there with its type, and every name the rules and the dashboard read exists."""
     assert PROMTOOL is not None
     sim, daemon, url, task_file = live
     watch(
-        daemon, task_file, sim,
+        daemon,
+        task_file,
+        sim,
         SimTaskSpec(id="lint-ok", waiting=0.1, running=0.5, vault_name='vault "prod"'),
-        SimTaskSpec(id="lint-failed", operation_type="restore", outcome="failed",
-                    waiting=0.1, running=0.3),
-        SimTaskSpec(id="lint-running", operation_type="replication", waiting=0.1,
-                    running=3600, resource_name="ecs\\web\n01"),
+        SimTaskSpec(
+            id="lint-failed", operation_type="restore", outcome="failed", waiting=0.1, running=0.3
+        ),
+        SimTaskSpec(
+            id="lint-running",
+            operation_type="replication",
+            waiting=0.1,
+            running=3600,
+            resource_name="ecs\\web\n01",
+        ),
     )
     async with aiohttp.ClientSession() as session:
         text = ""
@@ -351,15 +315,19 @@ async def test_live_scrape_is_lint_clean_and_has_every_metric(
             return (
                 'cbr_watcher_tasks_finished_total{operation_type="backup",status="success"} 1.0'
                 in text
-                and 'cbr_watcher_tasks_finished_total{operation_type="restore",status="failed"} '
-                "1.0" in text
+                and 'cbr_watcher_tasks_finished_total{operation_type="restore",status="failed"} 1.0'
+                in text
                 and 'task_id="lint-running",status="running"} 1' in text
             )
 
         await eventually(settled, "both short tasks to finish and the long one to run")
     promtool = await asyncio.create_subprocess_exec(
-        PROMTOOL, "check", "metrics",
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        PROMTOOL,
+        "check",
+        "metrics",
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
     )
     output, _ = await promtool.communicate(text.encode())
     assert promtool.returncode == 0, output.decode()
@@ -448,7 +416,7 @@ class PrometheusServer:
 
 @needs_prometheus
 async def test_real_prometheus_scrapes_the_daemon(
-    live: tuple[Simulator, Daemon, str, Path], tmp_path: Path
+    live: tuple[Simulator, DaemonProcess, str, Path], tmp_path: Path
 ) -> None:
     """Prometheus stores what the daemon exports: up, rising progress, the final status, the
     finished counter; the shipped rules evaluate cleanly; every dashboard query runs."""
@@ -477,10 +445,19 @@ async def test_real_prometheus_scrapes_the_daemon(
 
             started = time.time()
             backup, restore = watch(
-                daemon, task_file, sim,
+                daemon,
+                task_file,
+                sim,
                 SimTaskSpec(id="prom-backup", waiting=0.5, running=6, progress_exponent=1.0),
-                SimTaskSpec(id="prom-restore", operation_type="restore", outcome="failed",
-                            waiting=0.5, running=3, progress_exponent=1.0, stop_at=0.6),
+                SimTaskSpec(
+                    id="prom-restore",
+                    operation_type="restore",
+                    outcome="failed",
+                    waiting=0.5,
+                    running=3,
+                    progress_exponent=1.0,
+                    stop_at=0.6,
+                ),
             )
 
             async def finished() -> bool:

@@ -12,8 +12,9 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from tests.daemon_process import DaemonProcess
 from tests.support import TestReceiver, World, make_engine
-from tests.test_crash import Daemon, env_for
+from tests.test_crash import env_for
 from watcher.clock import RealClock
 from watcher.sim import SimTaskSpec, Simulator
 from watcher.store import Store
@@ -131,14 +132,9 @@ async def test_end_to_end_labels_restart_delete(tmp_path: Path) -> None:
         env["CBR_WATCHER_SERVER__API_TOKEN"] = API_TOKEN
         env["CBR_WATCHER_LOG__LEVEL"] = "info"
 
-        def api_url(daemon: Daemon) -> str:
-            line = next(x for x in daemon.lines if x.get("event") == "task_api.listening")
-            return str(line["url"])
-
-        first = Daemon(env)
+        first = DaemonProcess(env)
         await first.start()
-        await first.wait_for(lambda: first.logged("task_api.listening"), "the task API")
-        url = api_url(first)
+        url = await first.url("task_api.listening")
         async with aiohttp.ClientSession() as http:
             assert (await http.put(f"{url}/v1/tasks/api-quick")).status == 401
             bad = await http.put(f"{url}/v1/tasks/a%2Fb", headers=AUTH)
@@ -162,13 +158,12 @@ async def test_end_to_end_labels_restart_delete(tmp_path: Path) -> None:
         assert succeeded["data"]["labels"] == {"app": "billing", "job": "api-quick"}
         assert await first.kill(signal.SIGTERM) == 0
 
-        second = Daemon(env)
+        second = DaemonProcess(env)
         await second.start()
-        await second.wait_for(lambda: second.logged("task_api.listening"), "the task API")
+        url = await second.url("task_api.listening")
         await second.wait_for(
             lambda: second.logged("task.resumed", task_id="api-long"), "api-long resumed"
         )
-        url = api_url(second)
         async with aiohttp.ClientSession(headers=AUTH) as http:
             watched = await (await http.get(f"{url}/v1/tasks/api-long")).json()
             assert watched["labels"] == {"app": "billing", "job": "api-long"}

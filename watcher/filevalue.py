@@ -27,6 +27,8 @@ class FileValue:
             raise OSError(
                 f"cannot read {self.key} {str(self.path)!r}: {os.strerror(error.errno or 0)}"
             ) from None
+        except UnicodeDecodeError:
+            raise ValueError(f"{self.key} {str(self.path)!r} is not UTF-8 text") from None
         if not self._value:
             raise ValueError(f"{self.key} {str(self.path)!r} is empty")
         return self._value

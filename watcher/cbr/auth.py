@@ -17,12 +17,13 @@ every request (`status` None when no answer came), and `redact(text)` for error 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Protocol
 
 from yarl import URL
+
+from watcher.filevalue import FileValue
 
 REDACTED = "**********"
 
@@ -62,48 +63,34 @@ class SecretSource:
     def __init__(self, key: str, value: str = "", path: Path | None = None) -> None:
         self.key = key
         self._static = value
-        self._path = path
-        self._cached: str | None = None
-        self._stamp: tuple[int, int, int] | None = None
+        self._file = FileValue(path, key=f"{key}_file") if path is not None else None
         self._last: str | None = None
         self.version = 0
 
     @property
     def configured(self) -> bool:
         """Whether a value or a file was given."""
-        return bool(self._static) or self._path is not None
+        return bool(self._static) or self._file is not None
 
     def current(self) -> str:
         """The value now; CredentialsUnavailableError when the file is unreadable or empty."""
-        value = self._read() if self._path is not None else self._static
+        value = self._read() if self._file is not None else self._static
         if value != self._last:
             self._last = value
             self.version += 1
         return value
 
     def _read(self) -> str:
-        assert self._path is not None
-        where = f"{self.key}_file {str(self._path)!r}"
+        assert self._file is not None
         try:
-            stat = self._path.stat()
-            stamp = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
-            if stamp != self._stamp or self._cached is None:
-                self._cached = self._path.read_text(encoding="utf-8").strip()
-                self._stamp = stamp
-        except OSError as error:
-            raise CredentialsUnavailableError(
-                f"cannot read {where}: {os.strerror(error.errno or 0)}"
-            ) from None
-        except UnicodeDecodeError:
-            raise CredentialsUnavailableError(f"{where} is not UTF-8 text") from None
-        if not self._cached:
-            raise CredentialsUnavailableError(f"{where} is empty")
-        return self._cached
+            return self._file.read()
+        except (OSError, ValueError) as error:
+            raise CredentialsUnavailableError(str(error)) from None
 
     def forget(self) -> None:
         """Read the file again on the next `current()`, changed or not."""
-        self._cached = None
-        self._stamp = None
+        if self._file is not None:
+            self._file.forget()
 
     def redact(self, text: str) -> str:
         """`text` with the last value read replaced by REDACTED."""
