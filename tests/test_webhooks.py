@@ -166,6 +166,10 @@ def test_rotation_signs_with_every_secret() -> None:
             body=body,
             now=now,
         )
+    rotating = WebhookSettings.model_validate(
+        {"name": "r", "url": "https://example.com/", "secret": f"{SECRET} {OLD_SECRET}"}
+    )
+    assert Receiver(rotating).keys() == keys
     stranger = standardwebhooks.Webhook("whsec_" + base64.b64encode(b"not the secret").decode())
     with pytest.raises(standardwebhooks.WebhookVerificationError):
         stranger.verify(body, headers)

@@ -226,12 +226,18 @@ def _listen_or_empty(value: str) -> str:
 
 
 def _is_whsec(value: str) -> bool:
-    if not value.startswith("whsec_"):
-        return False
-    try:
-        return len(base64.b64decode(value.removeprefix("whsec_"), validate=True)) > 0
-    except (binascii.Error, ValueError):
-        return False
+    """One "whsec_<base64>" secret, or several separated by whitespace (during rotation)."""
+
+    def single(part: str) -> bool:
+        if not part.startswith("whsec_"):
+            return False
+        try:
+            return len(base64.b64decode(part.removeprefix("whsec_"), validate=True)) > 0
+        except (binascii.Error, ValueError):
+            return False
+
+    parts = value.split()
+    return bool(parts) and all(single(part) for part in parts)
 
 
 def _no_blanks(value: SecretStr) -> SecretStr:
