@@ -164,9 +164,21 @@ async def test_end_to_end_labels_restart_delete(tmp_path: Path) -> None:
         await second.wait_for(
             lambda: second.logged("task.resumed", task_id="api-long"), "api-long resumed"
         )
+        metrics_url = await second.url("server.listening")
         async with aiohttp.ClientSession(headers=AUTH) as http:
             watched = await (await http.get(f"{url}/v1/tasks/api-long")).json()
             assert watched["labels"] == {"app": "billing", "job": "api-long"}
+            await second.wait_for(
+                lambda: sim.request_count("api-long") > 0, "a poll of api-long after restart"
+            )
+            exposition = await (await http.get(f"{metrics_url}/metrics")).text()
+            [info] = [
+                line
+                for line in exposition.splitlines()
+                if line.startswith("cbr_watcher_task_info") and 'task_id="api-long"' in line
+            ]
+            assert 'label_app="billing"' in info
+            assert 'label_job="api-long"' in info
             assert (await http.delete(f"{url}/v1/tasks/api-long")).status == 204
             polls = sim.request_count("api-long")
             assert (await http.put(f"{url}/v1/tasks/api-other")).status == 201

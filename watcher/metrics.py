@@ -18,6 +18,7 @@ the webhook deliverer, the authenticator and the state store call (`webhook_*`,
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Iterable, Mapping
 from typing import NamedTuple, Protocol
@@ -139,6 +140,8 @@ class TaskRow(NamedTuple):
     last_progress: float | None
     info: tuple[str, str, str, str, str, str] | None
     """Values of INFO_LABELS."""
+    labels: tuple[tuple[str, str], ...] = ()
+    """The task's own labels (task API), as (`label_<key>`, value) pairs for the info metric."""
 
 
 class TaskSnapshot(NamedTuple):
@@ -179,7 +182,27 @@ def _task_row(task: WatchedTask) -> TaskRow:
     if started is not None and (last_progress is None or started > last_progress):
         last_progress = started
     progress = None if task.progress is None else task.progress / 100.0
-    return TaskRow(task.task_id, task_status_label(task), progress, started, last_progress, info)
+    return TaskRow(
+        task.task_id,
+        task_status_label(task),
+        progress,
+        started,
+        last_progress,
+        info,
+        info_labels(task.labels) if info is not None else (),
+    )
+
+
+_LABEL_NAME_UNSAFE = re.compile(r"[^A-Za-z0-9_]")
+
+
+def info_labels(labels: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+    """A task's labels as info-metric labels, kube-state-metrics style: "app" → `label_app`;
+    characters Prometheus does not allow in label names become "_"."""
+    if not labels:
+        return ()
+    named = {"label_" + _LABEL_NAME_UNSAFE.sub("_", key): value for key, value in labels.items()}
+    return tuple(sorted(named.items()))
 
 
 def _same_key(old: object, new: tuple[object, ...]) -> bool:
@@ -256,10 +279,11 @@ def _render_row(row: TaskRow) -> tuple[bytes, bytes, bytes, bytes, bytes]:
         op_type, vault_id, vault_name, resource_id, resource_name, resource_type = map(
             _escape, row.info
         )
+        own = "".join(f',{name}="{_escape(value)}"' for name, value in row.labels)
         info = (
             f'{_INFO.name}_info{{task_id="{task_id}",operation_type="{op_type}",'
             f'vault_id="{vault_id}",vault_name="{vault_name}",resource_id="{resource_id}",'
-            f'resource_name="{resource_name}",resource_type="{resource_type}"}} 1\n'
+            f'resource_name="{resource_name}",resource_type="{resource_type}"{own}}} 1\n'
         ).encode()
     started = (
         b"" if row.started is None else f"{_STARTED.name}{ident}{row.started!r}\n".encode()
@@ -357,7 +381,8 @@ class TaskCollector:
             for status in (*TASK_STATUSES, *extra):
                 status_family.add_metric([row.task_id, status], 1 if status == row.status else 0)
             if row.info is not None:
-                info.add_metric([row.task_id], dict(zip(INFO_LABELS, row.info, strict=True)))
+                values = dict(zip(INFO_LABELS, row.info, strict=True))
+                info.add_metric([row.task_id], {**values, **dict(row.labels)})
             if row.started is not None:
                 started.add_metric([row.task_id], row.started)
             if row.last_progress is not None:
@@ -560,6 +585,7 @@ class Metrics:
                 task.end_reason,
                 task.started_wall,
                 task.last_progress_wall,
+                tuple(task.labels.items()),
             )
             hit = old.get(task.task_id)
             if hit is None or not _same_key(hit[0], key):
