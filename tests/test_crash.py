@@ -8,6 +8,7 @@ import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from tests.daemon_process import DaemonProcess, clean_env
@@ -90,6 +91,13 @@ async def test_kill_9_loses_nothing_and_resends_nothing_acknowledged(
 
         second = DaemonProcess(env)
         await second.start()
+        # The last success comes back from the state file: nothing in this run succeeded yet.
+        metrics_url = await second.url("server.listening")
+        async with aiohttp.ClientSession() as http:
+            exposition = await (await http.get(f"{metrics_url}/metrics")).text()
+        series = 'cbr_watcher_last_success_timestamp_seconds{operation_type="backup"}'
+        [last_success] = [line for line in exposition.splitlines() if line.startswith(series)]
+        assert float(last_success.split()[-1]) > 0
         expected_types = {
             "quick-a": {"task.started", "task.succeeded"},
             "quick-b": {"task.started", "task.succeeded"},
