@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
-import os
 import sqlite3
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.daemon_process import clean_env, run_cli
 from tests.support import World, make_engine, run_until
 from watcher.persistence import StateRecorder, restore
 from watcher.sim import SimTaskSpec
@@ -118,30 +115,18 @@ async def test_unreadable_state_file_exits_78(tmp_path: Path) -> None:
     """The daemon refuses to start on a corrupt state file: exit 78, one clear line."""
     path = tmp_path / "state.db"
     path.write_bytes(b"garbage" * 1000)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CBR_WATCHER_")}
-    env.update(
-        {
-            "CBR_WATCHER_CBR__ENDPOINT": "http://127.0.0.1:9",
-            "CBR_WATCHER_CBR__PROJECT_ID": "p1",
-            "CBR_WATCHER_AUTH__TOKEN": "t",
-            "CBR_WATCHER_STATE__PATH": str(path),
-        }
+    env = clean_env(
+        CBR_WATCHER_CBR__ENDPOINT="http://127.0.0.1:9",
+        CBR_WATCHER_CBR__PROJECT_ID="p1",
+        CBR_WATCHER_AUTH__TOKEN="t",
+        CBR_WATCHER_STATE__PATH=str(path),
     )
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "watcher",
-        "run",
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    _, err = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode == 78
-    lines = err.decode().strip().splitlines()
+    code, _, err = await run_cli("run", env=env)
+    assert code == 78
+    lines = err.strip().splitlines()
     assert len(lines) == 1
     assert str(path) in lines[0]
-    assert "Traceback" not in err.decode()
+    assert "Traceback" not in err
 
 
 async def test_restart_resumes_unfinished_and_skips_ended(world: World, tmp_path: Path) -> None:
