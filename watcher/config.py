@@ -43,25 +43,15 @@ from pydantic_settings import (
 )
 
 from watcher.durations import format_duration, parse_duration
+from watcher.events import EVENT_TYPES, TASK_PROGRESS
 from watcher.task_ids import TASK_ID_RULE, InvalidTaskIdError, is_valid_task_id, parse_task_file
 
 ENV_PREFIX: Final = "CBR_WATCHER_"
 CONFIG_FILE_ENV: Final = "CBR_WATCHER_CONFIG"
 KUBERNETES_SECRETS_DIR: Final = Path("/run/secrets/cbr-watcher")
 REDACTED: Final = "**********"
-EVENT_TYPES: Final = (
-    "task.started",
-    "task.progress",
-    "task.succeeded",
-    "task.failed",
-    "task.timed_out",
-    "task.skipped",
-    "watch.not_found",
-    "watch.expired",
-    "test.ping",
-)
 # Only named exactly: a glob such as "task.*" does not select it (SPEC §5).
-EXACT_ONLY_EVENT_TYPES: Final = frozenset({"task.progress"})
+EXACT_ONLY_EVENT_TYPES: Final = frozenset({TASK_PROGRESS})
 
 _SECRET_KEYS: Final = frozenset(
     {"token", "password", "access_key", "secret_key", "security_token", "secret", "api_token"}
