@@ -84,11 +84,9 @@ class WatchedTask:
     ended_wall: float | None = None
     end_reason: str | None = None
     """The terminal CBR status, or "not_found" / "expired"."""
-    polls: int = 0
     poll_state: schedule.PollState = field(default_factory=schedule.PollState)
     due: float = 0.0
     generation: int = 0
-    in_flight: bool = False
     warned_statuses: set[str] = field(default_factory=set)
 
     @property
@@ -284,7 +282,6 @@ class Engine:
             self.budget.try_acquire(now)
             self.stats.polls_started += 1
             self.stats.lag_samples.append(now - due)
-            task.in_flight = True
             runner = asyncio.create_task(self._poll(task, generation), name=f"poll {task_id}")
             self._running.add(runner)
             runner.add_done_callback(self._poll_finished)
@@ -345,8 +342,6 @@ class Engine:
                 self.stats.polls_ok += 1
                 self._upstream_ok()
                 await self._on_log(task, operation_log)
-        finally:
-            task.in_flight = False
 
     def _current(self, task: WatchedTask, generation: int) -> bool:
         """Whether the task is still watched and this poll is still the one that counts."""
@@ -354,7 +349,6 @@ class Engine:
 
     async def _on_log(self, task: WatchedTask, operation_log: OperationLog) -> None:
         now_wall = self._clock.wall()
-        task.polls += 1
         previous_status, previous_progress = task.status, task.progress
         status, progress = operation_log.status, operation_log.progress
         task.operation_log = operation_log
