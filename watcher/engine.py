@@ -87,6 +87,8 @@ class WatchedTask:
     poll_state: schedule.PollState = field(default_factory=schedule.PollState)
     due: float = 0.0
     generation: int = 0
+    in_flight: bool = False
+    """A poll of this task is under way (its `due` is then in the past)."""
     warned_statuses: set[str] = field(default_factory=set)
 
     @property
@@ -282,6 +284,7 @@ class Engine:
             self.budget.try_acquire(now)
             self.stats.polls_started += 1
             self.stats.lag_samples.append(now - due)
+            task.in_flight = True
             runner = asyncio.create_task(self._poll(task, generation), name=f"poll {task_id}")
             self._running.add(runner)
             runner.add_done_callback(self._poll_finished)
@@ -342,6 +345,8 @@ class Engine:
                 self.stats.polls_ok += 1
                 self._upstream_ok()
                 await self._on_log(task, operation_log)
+        finally:
+            task.in_flight = False
 
     def _current(self, task: WatchedTask, generation: int) -> bool:
         """Whether the task is still watched and this poll is still the one that counts."""
