@@ -122,3 +122,14 @@ def test_never_sleeps_past_the_deadline() -> None:
     assert clamped.reason is Reason.DEADLINE
     assert schedule.expired(POLICY, started=0.0, now=3600.0)
     assert not schedule.expired(POLICY, started=0.0, now=3599.0)
+
+
+def test_transient_errors_do_not_restart_the_not_found_grace() -> None:
+    """404, 5xx, 429, 404 …: the grace runs from the first 404; only a success resets it."""
+    rng = random.Random(2)
+    state = schedule.after_not_found(POLICY, PollState(), now=0.0, rng=rng)
+    assert state is not None
+    state = schedule.after_error(POLICY, state.state, rng=rng)
+    state = schedule.after_throttled(POLICY, state.state, retry_after=None, rng=rng)
+    assert state.state.not_found_since == 0.0
+    assert schedule.after_not_found(POLICY, state.state, now=125.0, rng=rng) is None

@@ -97,7 +97,8 @@ def after_success(
 def after_error(policy: Policy, state: PollState, *, rng: random.Random) -> Decision:
     """A transient or fatal failure: back off with jitter, growing with the error streak."""
     streak = state.error_streak + 1
-    new = replace(state, error_streak=streak, auth_retry_spent=False, not_found_since=None)
+    # A 5xx between two 404s says nothing about the task existing: the grace keeps running.
+    new = replace(state, error_streak=streak, auth_retry_spent=False)
     return Decision(new, _jittered(policy, streak, rng), Reason.ERROR)
 
 
@@ -106,7 +107,7 @@ def after_throttled(
 ) -> Decision:
     """429: back off like an error, but never sooner than Retry-After when the cloud sent one."""
     streak = state.error_streak + 1
-    new = replace(state, error_streak=streak, not_found_since=None)
+    new = replace(state, error_streak=streak)
     delay = _jittered(policy, streak, rng)
     if retry_after is not None and retry_after > delay:
         return Decision(new, retry_after, Reason.RETRY_AFTER)
