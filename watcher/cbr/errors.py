@@ -79,3 +79,22 @@ class FatalError(CbrError):
     """Retrying the same request will not help without a human: 403, 400 and other 4xx."""
 
     kind = "fatal"
+
+
+class InternalError(CbrError):
+    """Something unexpected while making or reading a call (a bug, or input nobody foresaw).
+
+    Never fatal to a watch: the engine counts it, logs it once per streak and retries it with
+    the error backoff.
+    """
+
+    kind = "internal"
+
+    def __init__(self, message: str, *, label: str = "internal") -> None:
+        super().__init__(message, label=label)
+
+    @classmethod
+    def wrap(cls, error: BaseException) -> InternalError:
+        """An InternalError describing `error` by its type (no traceback, bounded length)."""
+        text = str(error)[:200]
+        return cls(f"{type(error).__name__}: {text}" if text else type(error).__name__)
