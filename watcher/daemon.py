@@ -246,6 +246,7 @@ async def run_daemon(
         )
         metrics.attach(engine)
         health.watch_loop(engine)
+        health.check("store", lambda: engine.store_failing_since is None)
 
         await restore(engine, store, now=clock.wall())
         for operation_type, ended in (await store.last_successes()).items():
@@ -334,9 +335,10 @@ def _install_signal_handlers(
     notifier: SystemdNotifier,
 ) -> None:
     def on_stop(signame: str) -> None:
-        log.info("daemon.stopping", signal=signame)
-        notifier.stopping()
+        # Stop first: a stop signal must stop even if telling anyone about it fails.
         engine.stop()
+        notifier.stopping()
+        log.info("daemon.stopping", signal=signame)
 
     def on_hup() -> None:
         if task_file is None:

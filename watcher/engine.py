@@ -11,9 +11,9 @@ import asyncio
 import heapq
 import itertools
 import random
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 import structlog
@@ -23,6 +23,7 @@ from watcher.budget import RequestBudget
 from watcher.cbr.errors import (
     AuthError,
     CbrError,
+    InternalError,
     NotFoundError,
     ThrottledError,
 )
@@ -44,6 +45,12 @@ log = structlog.get_logger("watcher.engine")
 
 HEARTBEAT = 1.0
 """The loop turns at least this often (fake or real seconds), even with nothing due."""
+INVARIANT_CHECK_INTERVAL = 60.0
+"""How often the loop checks that every active task has a next poll (and repairs it)."""
+
+INTERNAL_COMPONENTS = ("poll", "store", "events", "engine")
+"""Where an unexpected exception can be caught and survived (`EngineStats.internal_errors`):
+a poll (client or answer handling), a state write, an event subscriber, the scheduler loop."""
 
 
 TaskRecorder = Callable[["WatchedTask", Sequence[TaskEvent]], Awaitable[None]]
@@ -106,6 +113,10 @@ class EngineStats:
     polls_failed: int = 0
     lag_samples: deque[float] = field(default_factory=lambda: deque(maxlen=200_000))
     """Scheduling lag of recent polls: due time → request started, in seconds."""
+    internal_errors: Counter[str] = field(
+        default_factory=lambda: Counter(dict.fromkeys(INTERNAL_COMPONENTS, 0))
+    )
+    """Unexpected exceptions survived, by component (see INTERNAL_COMPONENTS)."""
 
 
 class Engine:
@@ -149,7 +160,10 @@ class Engine:
         self._failures_while_failing = 0
         self._active = 0
         self._next_forget = 0.0
+        self._next_invariant_check = 0.0
         self._ended_ids: set[str] = set()
+        self.store_failing_since: float | None = None
+        """Monotonic time of the first failed state write in the current streak, or None."""
 
     # ---- the task table -------------------------------------------------------------------
 
@@ -249,8 +263,14 @@ class Engine:
             while not self._stopping:
                 self.last_turn = self._clock.monotonic()
                 self._wake.clear()
-                wake_at = self._launch_due(self.last_turn)
-                self._forget_old()
+                try:
+                    wake_at = self._launch_due(self.last_turn)
+                    self._forget_old()
+                    self._check_invariants_now_and_then()
+                except Exception as error:
+                    # A bug in the scheduler itself: survive it, the next turn tries again.
+                    self._internal("engine", error)
+                    wake_at = None
                 if self.exit_when_done and self.all_done() and not self._running:
                     break
                 delay = HEARTBEAT if wake_at is None else min(HEARTBEAT, wake_at - self.last_turn)
@@ -294,7 +314,8 @@ class Engine:
         self._running.discard(runner)
         self._wake.set()
         if not runner.cancelled() and runner.exception() is not None:
-            log.error("engine.poll_crashed", error=repr(runner.exception()))
+            # `_poll` catches everything; this only fires if that promise is ever broken.
+            self._internal("engine", runner.exception())
 
     def _schedule(self, task: WatchedTask, delay: float) -> None:
         task.generation += 1
@@ -317,6 +338,51 @@ class Engine:
         for tid in stale:
             del self.tasks[tid]
 
+    def check_invariants(self) -> list[str]:
+        """Broken promises of the task table, as readable sentences (empty when all hold).
+
+        Every active task is either in flight or on the heap with its current generation,
+        and the active count matches the table.
+        """
+        scheduled = {(task_id, generation) for _, _, task_id, generation in self._heap}
+        problems = [
+            f"task {task.task_id} is active but neither in flight nor scheduled"
+            for task in self.tasks.values()
+            if not task.ended
+            and not task.in_flight
+            and (task.task_id, task.generation) not in scheduled
+        ]
+        active = sum(1 for task in self.tasks.values() if not task.ended)
+        if active != self._active:
+            problems.append(f"active count is {self._active}, the table holds {active}")
+        return problems
+
+    def _check_invariants_now_and_then(self) -> None:
+        now = self._clock.monotonic()
+        if now < self._next_invariant_check:
+            return
+        self._next_invariant_check = now + INVARIANT_CHECK_INTERVAL
+        problems = self.check_invariants()
+        if not problems:
+            return
+        self.stats.internal_errors["engine"] += 1
+        log.error("engine.invariant_violated", problems=problems[:5], count=len(problems))
+        self._active = sum(1 for task in self.tasks.values() if not task.ended)
+        for task in self.tasks.values():
+            if not task.ended and not task.in_flight:
+                self._schedule(task, 0.0)
+
+    def _internal(self, component: str, error: BaseException | None) -> None:
+        """Count and log an unexpected exception that the engine survived."""
+        self.stats.internal_errors[component] += 1
+        log.error(
+            "engine.internal_error",
+            component=component,
+            error_type=type(error).__name__,
+            error=str(error)[:200],
+        )
+        log.debug("engine.internal_error_detail", component=component, exc_info=error)
+
     async def _drain(self) -> None:
         """Give in-flight polls `shutdown_grace` seconds to finish, then cancel them."""
         if not self._running:
@@ -334,19 +400,42 @@ class Engine:
     # ---- one poll ---------------------------------------------------------------------------
 
     async def _poll(self, task: WatchedTask, generation: int) -> None:
+        """One poll of one task. Total: whatever happens, an active task gets a next poll."""
         try:
-            operation_log = await self._client.show_op_log(task.task_id)
-        except CbrError as error:
-            if self._current(task, generation):
-                self.stats.polls_failed += 1
-                await self._on_failure(task, error)
-        else:
-            if self._current(task, generation):
+            failure: CbrError | None = None
+            try:
+                operation_log = await self._client.show_op_log(task.task_id)
+            except CbrError as error:
+                failure = error
+            except Exception as error:
+                failure = InternalError.wrap(error)
+            if not self._current(task, generation):
+                return
+            if failure is None:
                 self.stats.polls_ok += 1
                 self._upstream_ok()
                 await self._on_log(task, operation_log)
+            else:
+                self.stats.polls_failed += 1
+                if isinstance(failure, InternalError):
+                    self.stats.internal_errors["poll"] += 1
+                await self._on_failure(task, failure)
+        except Exception as error:
+            # A bug while handling the answer (not the answer itself): the task keeps its last
+            # committed state and is polled again after the error backoff.
+            if self._current(task, generation):
+                if task.poll_state.error_streak == 0:
+                    self._internal("poll", error)
+                else:
+                    self.stats.internal_errors["poll"] += 1
+                self._apply(task, schedule.after_error(self.policy, task.poll_state, rng=self._rng))
         finally:
             task.in_flight = False
+            if self._current(task, generation) and not task.ended and not self._stopping:
+                # Every path above schedules (which bumps the generation) or ends the task;
+                # this is the safety net that makes "never without a next poll" structural.
+                self._internal("engine", RuntimeError(f"poll of {task.task_id} left no next poll"))
+                self._apply(task, schedule.after_error(self.policy, task.poll_state, rng=self._rng))
 
     def _current(self, task: WatchedTask, generation: int) -> bool:
         """Whether the task is still watched and this poll is still the one that counts."""
@@ -354,30 +443,29 @@ class Engine:
 
     async def _on_log(self, task: WatchedTask, operation_log: OperationLog) -> None:
         now_wall = self._clock.wall()
-        previous_status, previous_progress = task.status, task.progress
+        draft = _draft(task)
+        previous_status, previous_progress = draft.status, draft.progress
         status, progress = operation_log.status, operation_log.progress
-        task.operation_log = operation_log
-        if not operation_log.is_known_status and status not in task.warned_statuses:
-            task.warned_statuses.add(status)
+        draft.operation_log = operation_log
+        if not operation_log.is_known_status and status not in draft.warned_statuses:
+            draft.warned_statuses.add(status)
             log.warning("task.unknown_status", task_id=task.task_id, status=status)
 
         status_changed = status != previous_status
         progress_changed = progress is not None and progress != previous_progress
-        task.status = status
+        draft.status = status
         if progress is not None:
-            task.progress = progress
+            draft.progress = progress
         if status_changed or progress_changed:
-            task.last_change_wall = now_wall
+            draft.last_change_wall = now_wall
         if progress_changed:
-            task.last_progress_wall = now_wall
+            draft.last_progress_wall = now_wall
 
         events: list[TaskEvent] = []
-        if status_changed:
-            self._log_status(task, previous_status)
-        just_started = status == "running" and task.started_wall is None
+        just_started = status == "running" and draft.started_wall is None
         if just_started:
-            task.started_wall = now_wall
-            events.append(self._event(task, TASK_STARTED, previous_status))
+            draft.started_wall = now_wall
+            events.append(self._event(draft, TASK_STARTED, previous_status))
         # The started event already carries the progress of its poll, and 0 → unknown → 0
         # while waiting is not news.
         if (
@@ -386,24 +474,31 @@ class Engine:
             and not operation_log.is_terminal
             and (previous_progress is not None or progress)
         ):
-            events.append(self._event(task, TASK_PROGRESS, previous_status))
+            events.append(self._event(draft, TASK_PROGRESS, previous_status))
 
+        decision: schedule.Decision | None = None
         if operation_log.is_terminal:
             events.append(
-                self._end(task, status, TERMINAL_EVENT_FOR_STATUS[status], previous_status)
+                self._end(draft, status, TERMINAL_EVENT_FOR_STATUS[status], previous_status)
             )
-        elif schedule.expired(self.policy, started=task.added_wall, now=now_wall):
-            events.append(self._expire(task))
+        elif schedule.expired(self.policy, started=draft.added_wall, now=now_wall):
+            events.append(self._expire(draft))
         else:
             decision = schedule.after_success(
                 self.policy,
-                task.poll_state,
+                draft.poll_state,
                 changed=status_changed or progress_changed,
                 rng=self._rng,
             )
+        if (status_changed or progress_changed or events) and not await self._commit(draft, events):
+            self._retry_after_store_failure(task)
+            return
+        self._adopt(task, draft)
+        if status_changed:
+            self._log_status(task, previous_status)
+        await self._publish(events)
+        if decision is not None:
             self._apply(task, decision)
-        if status_changed or progress_changed or events:
-            await self._commit(task, events)
 
     async def _on_failure(self, task: WatchedTask, error: CbrError) -> None:
         now = self._clock.monotonic()
@@ -411,11 +506,19 @@ class Engine:
         if isinstance(error, NotFoundError):
             decision = schedule.after_not_found(policy, state, now=now, rng=rng)
             if decision is None:
+                draft = _draft(task)
                 event = self._end(
-                    task, "not_found", WATCH_NOT_FOUND, task.status, detail=str(error)
+                    draft, "not_found", WATCH_NOT_FOUND, draft.status, detail=str(error)
                 )
-                await self._commit(task, [event])
+                await self._finish(task, draft, event)
                 return
+            if state.not_found_since is None:
+                log.warning(
+                    "task.not_found_yet",
+                    task_id=task.task_id,
+                    grace_remaining_seconds=round(policy.not_found_grace, 3),
+                    detail="CBR does not know this task (yet); retrying until the grace ends",
+                )
         else:
             self._upstream_failed(error)
             if isinstance(error, AuthError):
@@ -432,9 +535,19 @@ class Engine:
             else:
                 decision = schedule.after_error(policy, state, rng=rng)
         if schedule.expired(policy, started=task.added_wall, now=self._clock.wall()):
-            await self._commit(task, [self._expire(task)])
+            draft = _draft(task)
+            await self._finish(task, draft, self._expire(draft))
             return
         self._apply(task, decision)
+
+    async def _finish(self, task: WatchedTask, draft: WatchedTask, event: TaskEvent) -> None:
+        """Commit a watch's end (not found, expired) and publish it, or retry the write."""
+        if not await self._commit(draft, [event]):
+            self._retry_after_store_failure(task)
+            return
+        self._adopt(task, draft)
+        log.warning(event.type, task_id=task.task_id, status=task.status, detail=event.detail)
+        await self._publish([event])
 
     def _apply(self, task: WatchedTask, decision: schedule.Decision) -> None:
         decision = schedule.clamp_to_deadline(
@@ -458,11 +571,6 @@ class Engine:
     ) -> TaskEvent:
         task.end_reason = reason
         task.ended_wall = self._clock.wall()
-        self._ended_ids.add(task.task_id)
-        self._active -= 1
-        task.generation += 1
-        if event_type in (WATCH_NOT_FOUND, WATCH_EXPIRED):
-            log.warning(event_type, task_id=task.task_id, status=task.status, detail=detail)
         return self._event(task, event_type, previous_status, detail=detail)
 
     def _event(
@@ -485,14 +593,55 @@ class Engine:
             detail=detail,
         )
 
-    async def _commit(self, task: WatchedTask, events: list[TaskEvent]) -> None:
-        """Durable before visible: persist the new state with its events, then publish them."""
+    async def _commit(self, draft: WatchedTask, events: list[TaskEvent]) -> bool:
+        """Durable before visible: persist the task's new state with its events.
+
+        True when written. On failure nothing is adopted or published: the task keeps its last
+        committed state, the store counts as failing (see /readyz) and the caller retries.
+        """
         try:
-            await self._record(task, events)
-        except Exception:
-            log.exception("store.write_failed", task_id=task.task_id)
+            await self._record(draft, events)
+        except Exception as error:
+            self.stats.internal_errors["store"] += 1
+            if self.store_failing_since is None:
+                self.store_failing_since = self._clock.monotonic()
+                log.error(
+                    "store.write_failed",
+                    task_id=draft.task_id,
+                    error_type=type(error).__name__,
+                    error=str(error)[:200],
+                    detail="the task keeps its last saved state; the change is retried",
+                )
+            return False
+        if self.store_failing_since is not None:
+            log.info(
+                "store.recovered",
+                failing_seconds=round(self._clock.monotonic() - self.store_failing_since, 3),
+            )
+            self.store_failing_since = None
+        return True
+
+    def _retry_after_store_failure(self, task: WatchedTask) -> None:
+        """Poll again after the error backoff: the same answer is then derived and written anew."""
+        self._apply(task, schedule.after_error(self.policy, task.poll_state, rng=self._rng))
+
+    def _adopt(self, task: WatchedTask, draft: WatchedTask) -> None:
+        """Make the committed draft the task's state (the one place a poll changes a row)."""
+        newly_ended = draft.ended and not task.ended
+        for name in _ADOPTED_FIELDS:
+            setattr(task, name, getattr(draft, name))
+        if newly_ended:
+            self._ended_ids.add(task.task_id)
+            self._active -= 1
+            task.generation += 1
+
+    async def _publish(self, events: Sequence[TaskEvent]) -> None:
+        """Hand committed events to the subscriber; a failing subscriber loses nothing durable."""
         for event in events:
-            await self._on_event(event)
+            try:
+                await self._on_event(event)
+            except Exception as error:
+                self._internal("events", error)
 
     # ---- logging ----------------------------------------------------------------------------
 
@@ -534,3 +683,23 @@ class Engine:
                 failed_requests=self._failures_while_failing,
             )
             self.upstream_failing_since = None
+
+
+_ADOPTED_FIELDS = (
+    "status",
+    "progress",
+    "operation_log",
+    "started_wall",
+    "last_change_wall",
+    "last_progress_wall",
+    "ended_wall",
+    "end_reason",
+    "warned_statuses",
+)
+"""What a poll may change in a row; scheduling fields (due, generation, poll_state) are set
+by the engine's scheduling alone."""
+
+
+def _draft(task: WatchedTask) -> WatchedTask:
+    """A private copy of `task` to compute its next state on, adopted only once committed."""
+    return replace(task, warned_statuses=set(task.warned_statuses))

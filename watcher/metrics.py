@@ -35,13 +35,18 @@ from prometheus_client import (
     ProcessCollector,
 )
 from prometheus_client.exposition import choose_encoder
-from prometheus_client.metrics_core import GaugeMetricFamily, InfoMetricFamily, Metric
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    InfoMetricFamily,
+    Metric,
+)
 
 from watcher import __version__
 from watcher.cbr.client import LIST, SHOW
 from watcher.cbr.models import TERMINAL_STATUSES
 from watcher.clock import Clock
-from watcher.engine import WatchedTask
+from watcher.engine import INTERNAL_COMPONENTS, EngineStats, WatchedTask
 from watcher.events import (
     TERMINAL_EVENT_FOR_STATUS,
     WATCH_EXPIRED,
@@ -49,6 +54,7 @@ from watcher.events import (
     EventSink,
     TaskEvent,
 )
+from watcher.safetext import clean
 
 log = structlog.get_logger("watcher.metrics")
 
@@ -71,32 +77,93 @@ FINISHED_STATUSES = (*sorted(TERMINAL_STATUSES), EXPIRED)
 
 API_OPERATIONS = (SHOW, LIST)
 API_CODES = (
-    "200", "401", "403", "404", "429", "500", "502", "503", "504",
-    "timeout", "connection", "malformed",
+    "200",
+    "401",
+    "403",
+    "404",
+    "429",
+    "500",
+    "502",
+    "503",
+    "504",
+    "timeout",
+    "connection",
+    "malformed",
+    "internal",
 )
 """Request outcomes pre-created at 0; other HTTP codes appear when they first happen."""
 
 WEBHOOK_OUTCOMES = ("delivered", "dead_lettered")
 WEBHOOK_RESULTS = (
-    "success", "redirect", "client_error", "gone", "throttled", "server_error",
-    "timeout", "connection_error", "other",
+    "success",
+    "redirect",
+    "client_error",
+    "gone",
+    "throttled",
+    "server_error",
+    "timeout",
+    "connection_error",
+    "other",
 )
 """`result` of one webhook attempt; anything else is counted as "other"."""
 
 HOUR = 3600.0
 DURATION_BUCKETS = (
-    10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 900.0, 1800.0,
-    HOUR, 2 * HOUR, 3 * HOUR, 4 * HOUR, 6 * HOUR, 8 * HOUR, 12 * HOUR, 16 * HOUR,
-    24 * HOUR, 36 * HOUR, 48 * HOUR,
+    10.0,
+    30.0,
+    60.0,
+    120.0,
+    300.0,
+    600.0,
+    900.0,
+    1800.0,
+    HOUR,
+    2 * HOUR,
+    3 * HOUR,
+    4 * HOUR,
+    6 * HOUR,
+    8 * HOUR,
+    12 * HOUR,
+    16 * HOUR,
+    24 * HOUR,
+    36 * HOUR,
+    48 * HOUR,
 )
 """Task durations: seconds to two days (hours-long backups, the 48 h default deadline)."""
 DETECTION_DELAY_BUCKETS = (
-    0.5, 1.0, 2.0, 5.0, 10.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, HOUR,
+    0.5,
+    1.0,
+    2.0,
+    5.0,
+    10.0,
+    15.0,
+    30.0,
+    60.0,
+    120.0,
+    300.0,
+    600.0,
+    1800.0,
+    HOUR,
 )
 API_DURATION_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 WEBHOOK_LATENCY_BUCKETS = (
-    0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0,
-    HOUR, 4 * HOUR, 12 * HOUR, 24 * HOUR, 72 * HOUR,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    300.0,
+    900.0,
+    HOUR,
+    4 * HOUR,
+    12 * HOUR,
+    24 * HOUR,
+    72 * HOUR,
 )
 """Event created → acknowledged, retries included (a receiver may be down for hours)."""
 
@@ -111,7 +178,12 @@ class TaskTable(Protocol):
 
 
 INFO_LABELS = (
-    "operation_type", "vault_id", "vault_name", "resource_id", "resource_name", "resource_type",
+    "operation_type",
+    "vault_id",
+    "vault_name",
+    "resource_id",
+    "resource_name",
+    "resource_type",
 )
 
 
@@ -212,7 +284,8 @@ def _same_key(old: object, new: tuple[object, ...]) -> bool:
 
 
 def _escape(value: str) -> str:
-    """A label value as both text formats want it."""
+    """A label value as both text formats want it (lone surrogates become U+FFFD)."""
+    value = clean(value)
     if "\\" in value or '"' in value or "\n" in value:
         return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
     return value
@@ -266,8 +339,7 @@ def _render_row(row: TaskRow) -> tuple[bytes, bytes, bytes, bytes, bytes]:
     )
     current = row.status
     status_lines = [
-        f'{_STATUS.name}{{task_id="{task_id}",status="{status}"}} '
-        f"{1 if status == current else 0}\n"
+        f'{_STATUS.name}{{task_id="{task_id}",status="{status}"}} {1 if status == current else 0}\n'
         for status in TASK_STATUSES
     ]
     if current not in TASK_STATUSES:
@@ -285,9 +357,7 @@ def _render_row(row: TaskRow) -> tuple[bytes, bytes, bytes, bytes, bytes]:
             f'vault_id="{vault_id}",vault_name="{vault_name}",resource_id="{resource_id}",'
             f'resource_name="{resource_name}",resource_type="{resource_type}"{own}}} 1\n'
         ).encode()
-    started = (
-        b"" if row.started is None else f"{_STARTED.name}{ident}{row.started!r}\n".encode()
-    )
+    started = b"" if row.started is None else f"{_STARTED.name}{ident}{row.started!r}\n".encode()
     last = (
         b""
         if row.last_progress is None
@@ -377,17 +447,52 @@ class TaskCollector:
         for row in snapshot.rows:
             if row.progress_ratio is not None:
                 progress.add_metric([row.task_id], row.progress_ratio)
-            extra = () if row.status in TASK_STATUSES else (row.status,)
+            extra = () if row.status in TASK_STATUSES else (clean(row.status),)
             for status in (*TASK_STATUSES, *extra):
-                status_family.add_metric([row.task_id, status], 1 if status == row.status else 0)
+                status_family.add_metric(
+                    [row.task_id, status], 1 if status == clean(row.status) else 0
+                )
             if row.info is not None:
-                values = dict(zip(INFO_LABELS, row.info, strict=True))
-                info.add_metric([row.task_id], {**values, **dict(row.labels)})
+                values = dict(zip(INFO_LABELS, map(clean, row.info), strict=True))
+                own = {name: clean(value) for name, value in row.labels}
+                info.add_metric([row.task_id], {**values, **own})
             if row.started is not None:
                 started.add_metric([row.task_id], row.started)
             if row.last_progress is not None:
                 last.add_metric([row.task_id], row.last_progress)
         return [tasks, progress, status_family, info, started, last]
+
+
+class _InternalErrors:
+    """`cbr_watcher_internal_errors_total{component}`: unexpected exceptions the engine
+    survived (read from the engine's counters at scrape time)."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def describe(self) -> list[Metric]:
+        """The family, so the registry does not collect at registration."""
+        return [self._family()]
+
+    def collect(self) -> list[Metric]:
+        """The engine's counts now (every component at 0 before an engine is attached)."""
+        stats = getattr(self._metrics.table, "stats", None)
+        counts = dict.fromkeys(INTERNAL_COMPONENTS, 0)
+        if isinstance(stats, EngineStats):
+            counts.update(stats.internal_errors)
+        return [self._family(counts)]
+
+    @staticmethod
+    def _family(counts: Mapping[str, int] | None = None) -> Metric:
+        family = CounterMetricFamily(
+            PREFIX + "internal_errors",
+            "Unexpected exceptions cbr-watcher survived, by component (poll, store, events, "
+            "engine): each one was logged and its work retried.",
+            labels=["component"],
+        )
+        for component, count in (counts or {}).items():
+            family.add_metric([component], count)
+        return family
 
 
 class Metrics:
@@ -516,6 +621,7 @@ class Metrics:
         )
         self.registry.register(_Forward(self._base))
         self.registry.register(TaskCollector(self))
+        self._base.register(_InternalErrors(self))
         self._renderer = TaskRenderer()
         self._rows: dict[str, tuple[object, TaskRow]] = {}
         self._precreate()
@@ -536,6 +642,11 @@ class Metrics:
     def attach(self, table: TaskTable) -> None:
         """Read per-task series from `table` (the engine) from now on."""
         self._table = table
+
+    @property
+    def table(self) -> TaskTable | None:
+        """The attached engine, if any."""
+        return self._table
 
     def snapshot(self) -> TaskSnapshot:
         """Copy what one scrape exports out of the task table. Call it on the event loop:
@@ -595,9 +706,7 @@ class Metrics:
         self._rows = new
         return rows
 
-    def render(
-        self, accept: str = "", snapshot: TaskSnapshot | None = None
-    ) -> tuple[bytes, str]:
+    def render(self, accept: str = "", snapshot: TaskSnapshot | None = None) -> tuple[bytes, str]:
         """(body, content type) for an `Accept` header: OpenMetrics when asked, else text 0.0.4.
 
         With `snapshot` this is safe in a worker thread; without, call it on the loop.
@@ -637,7 +746,7 @@ class Metrics:
         else:
             return  # test.ping and anything else that is not about a task ending
         operation_log = event.operation_log
-        op_type = (operation_log.operation_type if operation_log else None) or UNKNOWN
+        op_type = clean((operation_log.operation_type if operation_log else None) or UNKNOWN)
         self.tasks_finished.labels(status, op_type).inc()
         if status not in TERMINAL_STATUSES:
             return
@@ -665,6 +774,7 @@ class Metrics:
     def restore_last_success(self, operation_type: str, timestamp: float) -> None:
         """Seed `cbr_watcher_last_success_timestamp_seconds` (e.g. from the state database at
         start-up); it only ever moves forward."""
+        operation_type = clean(operation_type)
         if timestamp > self._last_success.get(operation_type, float("-inf")):
             self._last_success[operation_type] = timestamp
             self.last_success.labels(operation_type).set(timestamp)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from typing import Protocol
 
 import structlog
@@ -54,6 +55,7 @@ class Health:
         self.stall_after = stall_after
         self._loop: LoopTurns | None = None
         self._conditions: dict[str, bool] = {}
+        self._checks: dict[str, Callable[[], bool]] = {}
 
     def watch_loop(self, loop: LoopTurns) -> None:
         """Judge liveness by `loop.last_turn` from now on."""
@@ -68,9 +70,15 @@ class Health:
         """Condition `name` is met (or, with ready=False, no longer met)."""
         self._conditions[name] = ready
 
+    def check(self, name: str, healthy: Callable[[], bool]) -> None:
+        """A condition judged at every readiness probe (e.g. "store": state writes succeed)."""
+        self._checks[name] = healthy
+
     def readiness(self) -> tuple[bool, dict[str, bool]]:
         """(ready, every condition with its state)."""
         conditions = dict(self._conditions)
+        for name, healthy in self._checks.items():
+            conditions[name] = bool(healthy())
         return bool(conditions) and all(conditions.values()), conditions
 
     def liveness(self) -> tuple[bool, float | None]:
