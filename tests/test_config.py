@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import tomllib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from watcher.cli import main
 from watcher.config import (
     REDACTED,
     ConfigError,
@@ -590,11 +592,166 @@ def test_unparsable_webhooks_json_is_not_echoed() -> None:
     assert str(caught.value).startswith(f"webhooks = '{REDACTED}' (from environment variable")
 
 
-def test_redact_url() -> None:
-    assert (
-        redact_url("https://u:p@host.example/x?y=1") == f"https://u:{REDACTED}@host.example/x?y=1"
+SECRET_ENV = {
+    "auth.token": "CBR_WATCHER_AUTH__TOKEN",
+    "auth.password": "CBR_WATCHER_AUTH__PASSWORD",
+    "auth.access_key": "CBR_WATCHER_AUTH__ACCESS_KEY",
+    "auth.secret_key": "CBR_WATCHER_AUTH__SECRET_KEY",
+    "auth.security_token": "CBR_WATCHER_AUTH__SECURITY_TOKEN",
+    "server.api_token": "CBR_WATCHER_SERVER__API_TOKEN",
+}
+CONTROL_CHARACTERS = ["\r", "\n", "\0", "\t", "\x01", "\x1b", "\x1f", "\x7f"]
+
+
+@pytest.mark.parametrize("key", SECRET_ENV)
+@pytest.mark.parametrize("char", CONTROL_CHARACTERS, ids=repr)
+def test_secrets_with_control_characters_are_refused_redacted(key: str, char: str) -> None:
+    """A credential that could never go into a header stops start-up, named, never shown."""
+    with pytest.raises(ConfigError) as caught:
+        load(environ={SECRET_ENV[key]: f"v-SECRET{char}more"})
+    message = str(caught.value)
+    assert message.startswith(f"{key} = '{REDACTED}': expected no ")
+    assert "SECRET" not in message
+    assert len(message.splitlines()) == 1
+
+
+@pytest.mark.parametrize("char", CONTROL_CHARACTERS, ids=repr)
+def test_header_values_with_control_characters_are_refused(char: str, toml_file: Path) -> None:
+    value = json.dumps(f"Bearer SECRET{char}X-Evil: 1")
+    message = config_error(RECEIVER + f"headers = {{ Authorization = {value} }}", toml_file)
+    assert message == (
+        f"webhooks[0].headers.Authorization = '{REDACTED}': "
+        "expected a header value without control characters (line breaks, NUL)"
     )
-    assert redact_url("https://host.example/x") == "https://host.example/x"
+
+
+@pytest.mark.parametrize("name", ["X Team", "X:Team", "X-Team\r\n", "", "Ünïcode"])
+def test_header_names_must_be_tokens(name: str, toml_file: Path) -> None:
+    message = config_error(RECEIVER + f'headers = {{ {json.dumps(name)} = "v" }}', toml_file)
+    assert message == f"webhooks[0].headers[{name!r}]: expected an HTTP header name"
+
+
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        pytest.param(
+            {"CBR_WATCHER_AUTH__USER_NAME": "bob\udcff"},
+            "auth.user_name = 'bob\\udcff': expected valid Unicode text",
+            id="plain",
+        ),
+        pytest.param(
+            {"CBR_WATCHER_AUTH__TOKEN": "tok-SECRET\udc80"},
+            f"auth.token = '{REDACTED}': expected valid Unicode text",
+            id="secret",
+        ),
+        pytest.param(
+            {"CBR_WATCHER_CBR__CA_FILE": "/etc/\ud800"},
+            "cbr.ca_file = '/etc/\\ud800': expected valid Unicode text",
+            id="path",
+        ),
+        pytest.param(
+            {
+                "CBR_WATCHER_WEBHOOKS": '[{"name": "ops", "url": "https://h/", "headers": '
+                '{"X-Key": "SECRET\\udc80"}}]'
+            },
+            f"webhooks[0].headers['X-Key'] = '{REDACTED}': expected valid Unicode text",
+            id="json-header",
+        ),
+        pytest.param(
+            {"CBR_WATCHER_WATCH__TASKS": '["ok-1", "\\ud83d"]'},
+            "watch.tasks[1] = '\\ud83d': expected valid Unicode text",
+            id="json-list",
+        ),
+    ],
+)
+def test_lone_surrogates_are_refused_by_key(environ: dict[str, str], message: str) -> None:
+    """Undecodable bytes (or a JSON escape of half a character) cannot be encoded anywhere."""
+    with pytest.raises(ConfigError) as caught:
+        load(environ=environ)
+    assert str(caught.value).startswith(message)
+    assert "SECRET" not in str(caught.value)
+    str(caught.value).encode("utf-8")  # printable on any terminal
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("https://host.example/x", "https://host.example/x"),
+        ("https://user:pass@host", f"https://{REDACTED}@host"),
+        ("https://tok@host:8443/p", f"https://{REDACTED}@host:8443/p"),
+        ("https://host/p?token=abc", f"https://host/p?token={REDACTED}"),
+        (
+            "https://u:p@host/x?a=1&b=&c#frag",
+            f"https://{REDACTED}@host/x?a={REDACTED}&b=&{REDACTED}#frag",
+        ),
+        ("https://a@b@host/", f"https://{REDACTED}@host/"),
+        ("https://u:p@[bad/?k=v", f"https://{REDACTED}@[bad/?k={REDACTED}"),  # malformed too
+        ("not a url?k=v", f"not a url?k={REDACTED}"),
+    ],
+)
+def test_redact_url(url: str, shown: str) -> None:
+    assert redact_url(url) == shown
+
+
+def test_render_effective_redacts_every_url(toml_file: Path) -> None:
+    """check-config shows no userinfo and no query value of any URL it prints."""
+    settings = load(
+        """
+        [cbr]
+        endpoint = "https://ep-user:ep-SECRET@cbr.example.com/?sig=cbr-SECRET"
+        [auth]
+        iam_endpoint = "https://iam.example.com/?key=iam-SECRET"
+        [[webhooks]]
+        name = "ops"
+        url = "https://hook-SECRET@hooks.example.com/cbr?token=hook-SECRET"
+        """,
+        path=toml_file,
+    )
+    text = render_effective(settings)
+    assert "SECRET" not in text
+    assert f'endpoint = "https://{REDACTED}@cbr.example.com/?sig={REDACTED}"' in text
+    assert f'iam_endpoint = "https://iam.example.com/?key={REDACTED}"' in text
+    assert f'url = "https://{REDACTED}@hooks.example.com/cbr?token={REDACTED}"' in text
+
+
+def test_check_config_prints_webhook_urls_redacted(
+    toml_file: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`cbr-watcher check-config` itself: no URL credential or query value in what it prints."""
+    for name in list(os.environ):
+        if name.startswith("CBR_WATCHER_") or name == "CREDENTIALS_DIRECTORY":
+            monkeypatch.delenv(name)
+    toml_file.write_text(
+        """
+        [cbr]
+        project_id = "p1"
+        endpoint = "https://cbr.example.com/?ak=cbr-SECRET"
+        [auth]
+        token = "tok-SECRET"
+        [[webhooks]]
+        name = "ops"
+        url = "https://user:pass-SECRET@hooks.example.com/cbr?token=abc-SECRET"
+        """,
+        encoding="utf-8",
+    )
+    assert main(["check-config", "--config", str(toml_file)]) == 0
+    out = capsys.readouterr().out
+    assert "SECRET" not in out
+    assert f'url = "https://{REDACTED}@hooks.example.com/cbr?token={REDACTED}"' in out
+    assert f'endpoint = "https://cbr.example.com/?ak={REDACTED}"' in out
+
+
+@pytest.mark.parametrize(
+    "toml",
+    [
+        '[cbr]\nendpoint = "https://u:ep-SECRET@[::1"',
+        '[[webhooks]]\nname = "ops"\nurl = "ftp://u:hook-SECRET@host/?t=q-SECRET"',
+    ],
+)
+def test_invalid_urls_are_shown_redacted(toml: str, toml_file: Path) -> None:
+    message = config_error(toml, toml_file)
+    assert "SECRET" not in message
+    assert REDACTED in message
 
 
 # --- require_runnable ------------------------------------------------------------------------

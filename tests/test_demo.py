@@ -5,6 +5,9 @@ from __future__ import annotations
 import io
 import re
 
+import pytest
+
+from watcher.cli import main
 from watcher.demo import MISTYPED_TASK_ID, run_demo
 
 
@@ -13,8 +16,14 @@ async def test_demo_shows_every_outcome_and_a_summary() -> None:
     out = io.StringIO()
     assert await run_demo(speed=200.0, out=out) == 0
     text = out.getvalue()
-    for event in ("task.started", "task.succeeded", "task.failed", "task.timed_out",
-                  "task.skipped", "watch.not_found"):
+    for event in (
+        "task.started",
+        "task.succeeded",
+        "task.failed",
+        "task.timed_out",
+        "task.skipped",
+        "watch.not_found",
+    ):
         assert event in text
     summary = text.split("\nSummary\n", 1)[1]
     assert "unfinished" not in summary
@@ -26,3 +35,17 @@ async def test_demo_shows_every_outcome_and_a_summary() -> None:
     assert match is not None
     received, verified = int(match[1]), int(match[2])
     assert received == verified >= 11
+
+
+@pytest.mark.parametrize("speed", ["0", "-1", "nan", "inf", "-inf", "1e400", "1001", "fast"])
+def test_demo_refuses_a_speed_that_cannot_work(
+    speed: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A usage error (exit 2) that says what is expected, not a traceback."""
+    with pytest.raises(SystemExit) as caught:
+        main(["demo", f"--speed={speed}"])
+    assert caught.value.code == 2
+    err = capsys.readouterr().err
+    assert "usage: cbr-watcher demo" in err
+    assert "argument --speed: expected a number greater than 0 and at most 1000" in err
+    assert "Traceback" not in err

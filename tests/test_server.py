@@ -223,6 +223,7 @@ async def test_run_daemon_serves_metrics_health_and_readiness() -> None:
                     body = await response.json()
                 assert body["conditions"] == {
                     "config": True, "state": True, "tasks": True, "listener": True,
+                    "store": True,
                 }
                 async with session.get(handle.metrics_url + "/healthz") as response:
                     assert response.status == 200

@@ -129,6 +129,38 @@ async def test_unreadable_state_file_exits_78(tmp_path: Path) -> None:
     assert "Traceback" not in err
 
 
+async def test_uncreatable_state_path_names_the_key(tmp_path: Path) -> None:
+    """A state path under a regular file can never work: StoreError naming state.path."""
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    path = str(blocker / "sub" / "state.db")
+    with pytest.raises(StoreError) as caught:
+        await Store.open(path)
+    assert str(caught.value) == (
+        f"state.path = {path!r}: cannot create the directory {blocker / 'sub'} (Not a directory)"
+    )
+
+
+async def test_uncreatable_state_path_exits_78(tmp_path: Path) -> None:
+    """`run` on an uncreatable state.path: exit 78, one line naming the key and the path."""
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    path = blocker / "state.db"
+    env = clean_env(
+        CBR_WATCHER_CBR__ENDPOINT="http://127.0.0.1:9",
+        CBR_WATCHER_CBR__PROJECT_ID="p1",
+        CBR_WATCHER_AUTH__TOKEN="t",
+        CBR_WATCHER_STATE__PATH=str(path),
+    )
+    code, _, err = await run_cli("run", env=env)
+    assert code == 78
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert "state.path" in lines[0]
+    assert str(path) in lines[0]
+    assert "Traceback" not in err
+
+
 async def test_restart_resumes_unfinished_and_skips_ended(world: World, tmp_path: Path) -> None:
     """After a restart the running task resumes with its state; the ended one is not re-added."""
     done_id = world.sim.add_task(SimTaskSpec(id="done", waiting=5, running=60))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import signal
 import sys
 from collections.abc import Sequence
@@ -21,6 +22,22 @@ EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_NOT_ALL_SUCCEEDED = 3
 EXIT_CONFIG = 78
+MAX_DEMO_SPEED = 1000.0
+
+
+def demo_speed(text: str) -> float:
+    """argparse `type=` for `demo --speed`: a number greater than 0, at most MAX_DEMO_SPEED."""
+    try:
+        speed = float(text)
+    except ValueError:
+        speed = math.nan
+    # Far beyond the maximum, simulated timeouts shrink below what a real loop can meet.
+    if not 0 < speed <= MAX_DEMO_SPEED:  # also rejects nan
+        raise argparse.ArgumentTypeError(
+            f"expected a number greater than 0 and at most {MAX_DEMO_SPEED:g}, "
+            f"such as 20 (got {text!r})"
+        )
+    return speed
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,7 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     demo = commands.add_parser("demo", help="simulator + watcher on fast time, about 20 seconds")
-    demo.add_argument("--speed", type=float, default=20.0, help="time acceleration (default 20)")
+    demo.add_argument(
+        "--speed", type=demo_speed, default=20.0, help="time acceleration (default 20)"
+    )
 
     simulate = commands.add_parser("simulate", help="run the CBR simulator alone")
     simulate.add_argument("--listen", default="127.0.0.1:9473", metavar="HOST:PORT")

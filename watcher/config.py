@@ -56,6 +56,10 @@ EXACT_ONLY_EVENT_TYPES: Final = frozenset({TASK_PROGRESS})
 _SECRET_KEYS: Final = frozenset(
     {"token", "password", "access_key", "secret_key", "security_token", "secret", "api_token"}
 )
+# Keys whose values are URLs: shown with userinfo and query values redacted.
+URL_KEYS: Final = frozenset({"url", "endpoint", "iam_endpoint"})
+# C0 controls and DEL: never valid in a header, a token or a URL.
+_CONTROL: Final = re.compile(r"[\x00-\x1f\x7f]")
 _NO_VALUE: Final = object()  # _Invalid: show the value pydantic saw
 _OMIT: Final = object()  # _Invalid: show no value at all
 _MAX_SHOWN: Final = 80
@@ -93,6 +97,8 @@ def _duration(*, positive: bool) -> BeforeValidator:
             seconds = parse_duration(value)
         except ValueError as exc:
             raise _Invalid(str(exc)) from None
+        except OverflowError:  # an integer too large for a float
+            raise _Invalid("expected a duration of a sensible size") from None
         if positive and seconds == 0:
             raise _Invalid("expected a duration greater than zero")
         return seconds
@@ -116,13 +122,18 @@ def _choice(*options: str) -> BeforeValidator:
 def _is_http_url(value: str) -> bool:
     try:
         parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError when out of range
         return parts.scheme in ("http", "https") and bool(parts.hostname)
     except ValueError:
         return False
 
 
 def _http_url_or_empty(value: str) -> str:
-    if value and (not _is_http_url(value) or any(c.isspace() for c in value)):
+    if value and (
+        not _is_http_url(value)
+        or any(c.isspace() for c in value)
+        or _CONTROL.search(value) is not None
+    ):
         raise _Invalid("expected an http:// or https:// URL")
     return value
 
@@ -237,7 +248,15 @@ def _no_blanks(value: SecretStr) -> SecretStr:
     return value
 
 
-NoBlanksSecret = Annotated[SecretStr, AfterValidator(_no_blanks)]
+def _no_controls(value: SecretStr) -> SecretStr:
+    if _CONTROL.search(value.get_secret_value()):
+        # Sent in an HTTP header (or a JSON body built from it): it could never work.
+        raise _Invalid("expected no control characters (line breaks, tabs, NUL)")
+    return value
+
+
+NoControlsSecret = Annotated[SecretStr, AfterValidator(_no_controls)]
+NoBlanksSecret = Annotated[SecretStr, AfterValidator(_no_blanks), AfterValidator(_no_controls)]
 
 
 def _whsec_or_empty(value: SecretStr) -> SecretStr:
@@ -307,12 +326,12 @@ class AuthSettings(_Section):
     method: Annotated[
         Literal["token", "password", "aksk"], _choice("token", "password", "aksk")
     ] = "token"
-    token: SecretStr = SecretStr("")
+    token: NoControlsSecret = SecretStr("")
     token_file: ReadableFile = ""
     iam_endpoint: HttpUrlOrEmpty = ""
     domain_name: str = ""
     user_name: str = ""
-    password: SecretStr = SecretStr("")
+    password: NoControlsSecret = SecretStr("")
     password_file: ReadableFile = ""
     access_key: NoBlanksSecret = SecretStr("")
     secret_key: NoBlanksSecret = SecretStr("")
@@ -395,8 +414,11 @@ class WebhookSettings(_Section):
         for name, header in value.items():
             if _HEADER_NAME.fullmatch(name) is None:
                 raise _Invalid("expected an HTTP header name", key=(name,), value=_OMIT)
-            if any(c in header.get_secret_value() for c in "\r\n\0"):
-                raise _Invalid("expected a header value without line breaks", key=(name,))
+            if _CONTROL.search(header.get_secret_value()):
+                raise _Invalid(
+                    "expected a header value without control characters (line breaks, NUL)",
+                    key=(name,),
+                )
         return value
 
     @model_validator(mode="after")
@@ -427,7 +449,7 @@ class ServerSettings(_Section):
 
     listen: Annotated[str, AfterValidator(_listen)] = "0.0.0.0:9471"
     api_listen: Annotated[str, AfterValidator(_listen_or_empty)] = "127.0.0.1:9472"
-    api_token: SecretStr = SecretStr("")
+    api_token: NoControlsSecret = SecretStr("")
 
 
 class StateSettings(_Section):
@@ -502,6 +524,22 @@ class Settings(BaseSettings):
         """Keyword arguments only: the real sources are wired by `load_settings`."""
         return (init_settings,)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _encodable(cls, values: Any) -> Any:
+        # Undecodable bytes in an environment variable arrive as lone surrogates; nothing
+        # downstream (files, HTTP, logs) can encode them, so refuse them first, by key.
+        found = _lone_surrogate(values, ())
+        if found is not None:
+            loc, text = found
+            raise _Invalid(
+                "expected valid Unicode text (it holds a lone surrogate, "
+                "such as undecodable bytes from the environment)",
+                key=loc,
+                value=text,
+            )
+        return values
+
     @model_validator(mode="after")
     def _unique_receiver_names(self) -> Self:
         seen: set[str] = set()
@@ -523,6 +561,29 @@ class Settings(BaseSettings):
         ).rstrip("/")
 
 
+def _lone_surrogate(
+    value: object, loc: tuple[str | int, ...]
+) -> tuple[tuple[str | int, ...], str] | None:
+    """(where, the text) of the first string in `value` that UTF-8 cannot encode, else None."""
+    # Iterative: a hostile JSON value may nest deeper than Python's recursion limit.
+    pending: list[tuple[object, tuple[str | int, ...]]] = [(value, loc)]
+    while pending:
+        item, where = pending.pop()
+        if isinstance(item, SecretStr):
+            item = item.get_secret_value()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return where, item
+        elif isinstance(item, Mapping):
+            for key, child in reversed(list(item.items())):
+                pending.extend([(child, (*where, str(key))), (key, (*where, str(key)))])
+        elif isinstance(item, list | tuple):
+            pending.extend((child, (*where, i)) for i, child in reversed(list(enumerate(item))))
+    return None
+
+
 # --- sources ---------------------------------------------------------------------------------
 
 
@@ -534,19 +595,27 @@ class _Undecodable(ValueError):
         self.name, self.origin, self.value, self.reason = name, origin, value, reason
 
 
+def _undecodable(
+    source: EnvSettingsSource, origin: str, field_name: str, value: Any, reason: str
+) -> _Undecodable:
+    # pydantic-settings only passes the innermost field name, so find the variable by value.
+    names = [
+        name
+        for name, raw in source.env_vars.items()
+        if raw == value and name.endswith(field_name.lower())
+    ]
+    return _Undecodable(names[0] if names else field_name, origin, value, reason)
+
+
 def _decode_json(
     source: EnvSettingsSource, origin: str, field_name: str, field: FieldInfo, value: Any
 ) -> Any:
     try:
         return EnvSettingsSource.decode_complex_value(source, field_name, field, value)
+    except RecursionError:
+        raise _undecodable(source, origin, field_name, value, "nested too deeply") from None
     except ValueError as exc:
-        # pydantic-settings only passes the innermost field name, so find the variable by value.
-        names = [
-            name
-            for name, raw in source.env_vars.items()
-            if raw == value and name.endswith(field_name.lower())
-        ]
-        raise _Undecodable(names[0] if names else field_name, origin, value, str(exc)) from exc
+        raise _undecodable(source, origin, field_name, value, str(exc)) from exc
 
 
 class _MappingSource(PydanticBaseSettingsSource):
@@ -640,6 +709,8 @@ def _read_toml(config_file: Path | None, environ: Mapping[str, str]) -> dict[str
         raise ConfigError(f"config file {str(path)!r}: expected UTF-8 text") from None
     try:
         return tomllib.loads(text)
+    except RecursionError:
+        raise ConfigError(f"{path}: invalid TOML: nested too deeply") from None
     except tomllib.TOMLDecodeError as exc:
         message = str(exc)
         position = _TOML_POSITION.search(message)
@@ -647,6 +718,8 @@ def _read_toml(config_file: Path | None, environ: Mapping[str, str]) -> dict[str
             raise ConfigError(f"{path}: invalid TOML: {message}") from None
         where = f"{path}:{position['line']}:{position['column']}"
         raise ConfigError(f"{where}: invalid TOML: {message[: position.start()]}") from None
+    except ValueError as exc:  # e.g. an integer of more than 4300 digits
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
 
 
 def _without_none(values: Mapping[str, Any]) -> dict[str, Any]:
@@ -769,26 +842,61 @@ def _is_secret(loc: Sequence[str | int]) -> bool:
     return bool(names) and (names[-1] in _SECRET_KEYS or "headers" in names[:-1])
 
 
+_URL_PARTS: Final = re.compile(
+    r"(?P<head>(?:[A-Za-z][A-Za-z0-9+.-]*:)?//)(?P<authority>[^/?#]*)"
+    r"(?P<path>[^?#]*)(?:\?(?P<query>[^#]*))?(?P<fragment>#.*)?",
+    re.DOTALL,
+)
+
+
+def _redacted_query(query: str) -> str:
+    params = []
+    for param in query.split("&"):
+        name, equals, value = param.partition("=")
+        if equals:
+            params.append(f"{name}={REDACTED}" if value else param)
+        else:
+            params.append(REDACTED if name else param)  # "?SECRET" alone may be a token
+    return "&".join(params)
+
+
 def redact_url(url: str) -> str:
-    """`url` with the password of `user:password@` (if any) replaced by REDACTED."""
-    try:
-        parts = urlsplit(url)
-        if parts.password is None:
+    """`url` with its userinfo and every query value replaced by REDACTED:
+    `https://user:pass@host/p?token=abc` → `https://**********@host/p?token=**********`.
+
+    Textual, so that it works on malformed URLs (shown in error messages) too.
+    """
+    match = _URL_PARTS.fullmatch(url)
+    if match is None:
+        if "?" not in url:
             return url
-        host = parts.netloc.rpartition("@")[2]
-        return parts._replace(netloc=f"{parts.username}:{REDACTED}@{host}").geturl()
-    except ValueError:
-        return url
+        before, _, after = url.partition("?")
+        query, hash_mark, fragment = after.partition("#")
+        return f"{before}?{_redacted_query(query)}{hash_mark}{fragment}"
+    authority = match["authority"]
+    if "@" in authority:
+        authority = f"{REDACTED}@{authority.rpartition('@')[2]}"
+    query = "" if match["query"] is None else f"?{_redacted_query(match['query'])}"
+    return f"{match['head']}{authority}{match['path']}{query}{match['fragment'] or ''}"
 
 
-def _redacted(value: object, loc: tuple[str | int, ...]) -> object:
+class _Elided:
+    """Stands for what is nested too deep to show."""
+
+    def __repr__(self) -> str:
+        return "..."
+
+
+def _redacted(value: object, loc: tuple[str | int, ...], depth: int = 0) -> object:
     if _is_secret(loc):
         return REDACTED
+    if isinstance(value, Mapping | list | tuple) and depth >= _MAX_SHOWN // 2:
+        return _Elided()  # shown cut to _MAX_SHOWN characters anyway
     if isinstance(value, Mapping):
-        return {key: _redacted(item, (*loc, str(key))) for key, item in value.items()}
+        return {key: _redacted(item, (*loc, str(key)), depth + 1) for key, item in value.items()}
     if isinstance(value, list | tuple):
-        return [_redacted(item, (*loc, index)) for index, item in enumerate(value)]
-    if isinstance(value, str) and loc and loc[-1] == "url":
+        return [_redacted(item, (*loc, index), depth + 1) for index, item in enumerate(value)]
+    if isinstance(value, str) and loc and loc[-1] in URL_KEYS:
         return redact_url(value)
     return value
 

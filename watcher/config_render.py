@@ -1,4 +1,5 @@
-"""`check-config` output: the effective settings as TOML, every secret redacted.
+"""`check-config` output: the effective settings as TOML, every secret redacted (URLs too:
+their userinfo and query values).
 
 Use it as `watcher.config.render_effective`.
 """
@@ -10,7 +11,7 @@ from typing import Final
 
 from pydantic import BaseModel, SecretStr
 
-from watcher.config import REDACTED, DurationMark, Settings, redact_url
+from watcher.config import REDACTED, URL_KEYS, DurationMark, Settings, redact_url
 from watcher.durations import format_duration
 
 _BARE_KEY: Final = re.compile(r"[A-Za-z0-9_-]+")
@@ -64,12 +65,12 @@ def _table(header: str, section: BaseModel, notes: dict[str, str]) -> list[str]:
     lines = [header]
     for name, field in type(section).model_fields.items():
         value = getattr(section, name)
-        if name == "url" and isinstance(value, str):
+        if name in URL_KEYS and isinstance(value, str):
             value = redact_url(value)
         duration = any(isinstance(item, DurationMark) for item in field.metadata)
         line = f"{_key(name)} = {_value(value, duration=duration)}"
         if name in notes:
-            line += f"  # {notes[name]}"
+            line += f"  # {redact_url(notes[name])}"
         lines.append(line)
     return lines
 

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import uuid
 from datetime import UTC, datetime
 from typing import Any
 
 from watcher.cbr.models import OperationLog
 from watcher.events import TASK_PROGRESS, TEST_PING, WATCH_NOT_FOUND, TaskEvent
+from watcher.safetext import json_bytes
 
 
 def rfc3339(timestamp: float | datetime | None) -> str | None:
@@ -96,4 +96,5 @@ def ping(now: float, *, receiver: str) -> tuple[str, bytes]:
 
 
 def _encode(payload: dict[str, Any]) -> bytes:
-    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
+    # Lone surrogates in what CBR sent travel as their JSON escape (see watcher.safetext).
+    return json_bytes(payload)

@@ -16,6 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from watcher.safetext import clean
+from watcher.state_lock import StateFileInUse, StateLock
+
 _T = TypeVar("_T")
 
 SCHEMA_VERSION = 1
@@ -74,7 +77,8 @@ _MIGRATIONS: dict[int, Sequence[str]] = {
 
 
 class StoreError(Exception):
-    """The state file cannot be used: unreadable, corrupt, or from a newer version."""
+    """The state file cannot be used: uncreatable, unreadable, corrupt, from a newer version,
+    or in use by another cbr-watcher."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,12 +132,14 @@ class Store:
         self.path = path
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cbr-watcher-db")
         self._db: sqlite3.Connection | None = None
+        self._lock: StateLock | None = None
 
     # ---- lifecycle ------------------------------------------------------------------------
 
     @classmethod
     async def open(cls, path: str) -> Store:
-        """Open (creating if needed) and migrate the database; StoreError if it is unusable."""
+        """Lock, open (creating if needed) and migrate the database; StoreError if it is
+        unusable or another process has it open (see `watcher.state_lock`)."""
         store = cls(path)
         try:
             await store._run(store._open)
@@ -143,8 +149,8 @@ class Store:
         return store
 
     async def close(self) -> None:
-        """Close the connection and the worker thread."""
-        if self._db is not None:
+        """Close the connection, release the state lock and stop the worker thread."""
+        if self._db is not None or self._lock is not None:
             await self._run(self._close)
         self._executor.shutdown(wait=True)
 
@@ -153,9 +159,10 @@ class Store:
 
     def _open(self) -> None:
         if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            self._lock = self._take_lock()
         try:
             db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self._db = db  # from here on, close() closes it whatever fails below
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
             db.execute("PRAGMA foreign_keys=ON")
@@ -163,12 +170,31 @@ class Store:
             integrity = db.execute("PRAGMA quick_check").fetchone()
             if integrity is None or integrity[0] != "ok":
                 raise StoreError(f"state file {self.path} is corrupt: {integrity}")
-            self._db = db
             self._migrate(db)
         except sqlite3.DatabaseError as error:
             raise StoreError(f"state file {self.path} is unusable: {error}") from None
         except OSError as error:
             raise StoreError(f"state file {self.path} cannot be opened: {error}") from None
+
+    def _take_lock(self) -> StateLock:
+        # Before SQLite touches the file: a second daemon must not even open it.
+        parent = Path(self.path).parent
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise StoreError(
+                f"state.path = {self.path!r}: cannot create the directory {parent} "
+                f"({error.strerror or error})"
+            ) from None
+        try:
+            return StateLock.acquire(self.path)
+        except StateFileInUse as error:
+            raise StoreError(str(error)) from None
+        except OSError as error:
+            raise StoreError(
+                f"state.path = {self.path!r}: cannot create the lock file "
+                f"{self.path}.lock ({error.strerror or error})"
+            ) from None
 
     def _migrate(self, db: sqlite3.Connection) -> None:
         version = db.execute("PRAGMA user_version").fetchone()[0]
@@ -194,6 +220,9 @@ class Store:
         if self._db is not None:
             self._db.close()
             self._db = None
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     @property
     def _conn(self) -> sqlite3.Connection:
@@ -251,8 +280,8 @@ class Store:
                 (
                     task.task_id,
                     json.dumps(task.labels, sort_keys=True),
-                    task.source,
-                    task.status,
+                    clean(task.source),
+                    None if task.status is None else clean(task.status),
                     task.progress,
                     json.dumps(task.raw, separators=(",", ":")) if task.raw is not None else None,
                     task.first_seen,
@@ -260,7 +289,7 @@ class Store:
                     task.last_change,
                     task.last_progress,
                     task.ended,
-                    task.end_reason,
+                    None if task.end_reason is None else clean(task.end_reason),
                 ),
             )
             operation_type = (task.raw or {}).get("operation_type")
@@ -269,7 +298,7 @@ class Store:
                     "INSERT INTO last_success (operation_type, ended) VALUES (?, ?)"
                     " ON CONFLICT (operation_type) DO UPDATE"
                     " SET ended = max(ended, excluded.ended)",
-                    (str(operation_type or "unknown"), task.ended),
+                    (clean(str(operation_type or "unknown")), task.ended),
                 )
             db.executemany(
                 "INSERT OR IGNORE INTO outbox (event_id, receiver, task_id, event_type, body,"
@@ -371,7 +400,7 @@ class Store:
             lambda: self._conn.execute(
                 "UPDATE outbox SET attempts = attempts + 1, next_attempt = ?, last_error = ?"
                 " WHERE id = ?",
-                (next_attempt, error[:500], row_id),
+                (next_attempt, clean(error[:500]), row_id),
             )
         )
 
@@ -387,7 +416,7 @@ class Store:
                     " created, attempts, last_error, dead_at, reason)"
                     " SELECT id, event_id, receiver, task_id, event_type, body, created,"
                     " attempts + 1, ?, ?, ? FROM outbox WHERE id = ?",
-                    (error[:500], now, reason, row_id),
+                    (clean(error[:500]), now, reason, row_id),
                 )
                 db.execute("DELETE FROM outbox WHERE id = ?", (row_id,))
                 db.execute("COMMIT")
