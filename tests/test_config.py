@@ -88,6 +88,8 @@ def test_defaults_match_the_spec() -> None:
         "max_concurrency": 32,
         "max_requests_per_second": 20.0,
         "exit_when_done": False,
+        "progress_interval": 120.0,
+        "auth_failure_timeout": 600.0,
     }
     assert settings.webhooks == []
     assert (settings.metrics.retention, settings.metrics.max_task_series) == (900.0, 10000)

@@ -363,6 +363,10 @@ class WatchSettings(_Section):
     max_concurrency: Annotated[int, Field(ge=1)] = 32
     max_requests_per_second: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 20.0
     exit_when_done: bool = False
+    progress_interval: PositiveDuration = 120.0
+    """A running task's progress is refreshed at least this often (SPEC §4)."""
+    auth_failure_timeout: PositiveDuration = 600.0
+    """With exit_when_done, give up (exit 1) after credentials fail this long."""
 
     @model_validator(mode="after")
     def _intervals_in_order(self) -> Self:
