@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from typing import Any
 
@@ -97,7 +98,10 @@ def test_unknown_keys_are_kept_verbatim() -> None:
         {"something_else": {}},
         [],
         {"operation_log": {"status": "running"}},
-        {"operation_log": {"id": "t1", "status": "running", "created_at": "yesterday"}},
+        {"operation_log": {"id": 7, "status": "running"}},
+        {"operation_log": {"id": "t1", "status": None}},
+        {"operation_log": {"id": "t1", "status": ["running"]}},
+        {"operation_logs": []},
     ],
 )
 def test_malformed_bodies_raise_a_clear_error(body: object) -> None:
@@ -106,14 +110,151 @@ def test_malformed_bodies_raise_a_clear_error(body: object) -> None:
         parse_show_body(body)
 
 
-@pytest.mark.parametrize("value", [150, -3, "42", None, "n/a", True])
-def test_progress_is_clamped_or_unknown(value: object) -> None:
-    """Progress outside 0-100 is clamped; non-numbers mean unknown."""
-    body = {"operation_log": {"id": "t", "status": "running",
-                              "extra_info": {"common": {"progress": value}}}}
-    progress = parse_show_body(body).progress
-    expected = {150: 100, -3: 0, "42": 42}.get(value) if not isinstance(value, bool) else None
-    assert progress == expected
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (150, 100),
+        (-3, 0),
+        ("42", 42),
+        (" 7 ", 7),
+        (None, None),
+        ("n/a", None),
+        (True, None),
+        (float("inf"), None),
+        (float("-inf"), None),
+        (float("nan"), None),
+        (1e300, 100),
+        (10**400, 100),
+        (-(10**400), 0),
+        ("²", None),
+        ("٤٢", None),  # Arabic-Indic digits: isdigit() but not CBR's progress
+        ("9" * 5000, None),
+        ({"nested": [1]}, None),
+        ([50], None),
+        (42.9, 42),
+    ],
+)
+def test_progress_is_clamped_or_unknown(value: object, expected: int | None) -> None:
+    """Finite numbers outside 0-100 are clamped; everything else means unknown."""
+    body = {
+        "operation_log": {
+            "id": "t",
+            "status": "running",
+            "extra_info": {"common": {"progress": value}},
+        }
+    }
+    assert parse_show_body(body).progress == expected
+
+
+def test_hostile_progress_text_parses() -> None:
+    """`Infinity`, `NaN`, `1e999` as CBR might write them: json.loads accepts them."""
+    for text in ("Infinity", "-Infinity", "NaN", "1e999", "9" * 400):
+        body = json.loads(
+            '{"operation_log": {"id": "t", "status": "running", '
+            f'"extra_info": {{"common": {{"progress": {text}}}}}}}}}'
+        )
+        assert parse_show_body(body).progress in (None, 100)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "yesterday",
+        "9999-12-31T23:59:59-05:00",
+        "0001-01-01T00:00:00+05:00",
+        "2020-13-01T00:00:00Z",
+        "2020-02-23T01:00:32\ud800",
+        "2" * 10_000,
+    ],
+)
+def test_unreadable_timestamps_are_none_and_kept_raw(text: str) -> None:
+    """A timestamp that is not one (or cannot be held in UTC) is None; raw keeps it."""
+    raw = {"id": "t1", "status": "running", "created_at": text, "ended_at": text}
+    log = parse_show_body({"operation_log": raw})
+    assert (log.created_at, log.ended_at) == (None, None)
+    assert log.raw["created_at"] == text
+    with pytest.raises(ValueError, match="timestamp"):
+        parse_timestamp(text)
+
+
+def test_non_string_timestamps_are_none() -> None:
+    """Numbers, booleans and objects where a timestamp belongs are unknown times."""
+    values: list[object] = [0, 1.5, True, [], {"at": 1}]
+    for value in values:
+        raw = {"id": "t1", "status": "running", "started_at": value}
+        assert parse_show_body({"operation_log": raw}).started_at is None
+
+
+def test_typed_text_is_cleaned_and_raw_is_exact() -> None:
+    """Lone surrogates become U+FFFD in every typed field; raw keeps them."""
+    bad = "x\ud800y"
+    raw: dict[str, Any] = {
+        "id": "t1",
+        "status": "running",
+        "vault_name": bad,
+        "operation_type": bad,
+        "error_info": {"code": bad, "message": bad},
+        "extra_info": {
+            "resource": {"name": bad, "type": bad, "id": bad},
+            "common": {"request_id": bad, "task_id": bad},
+        },
+    }
+    log = parse_show_body({"operation_log": raw})
+    assert log.raw is raw
+    assert raw["vault_name"] == bad
+    fields = [
+        log.vault_name,
+        log.operation_type,
+        log.resource.name,
+        log.resource.type,
+        log.resource.id,
+        log.error_info and log.error_info.code,
+        log.error_info and log.error_info.message,
+    ]
+    common = log.extra_info.common if log.extra_info else None
+    assert common is not None
+    fields += [common.request_id, common.task_id]
+    assert fields == ["x\ufffdy"] * 9
+    surrogate_status = parse_show_body({"operation_log": {"id": "t\udfff", "status": "\ud800"}})
+    assert (surrogate_status.id, surrogate_status.status) == ("t\ufffd", "\ufffd")
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [(5009, "5009"), (True, None), (1.5, None), ([], None), ({"a": 1}, None), ("", "")],
+)
+def test_type_mixups_in_optional_text_do_not_kill_the_body(
+    value: object, expected: str | None
+) -> None:
+    """An integer code reads as its digits; other non-strings are unknown."""
+    raw = {
+        "id": "t1",
+        "status": "failed",
+        "vault_name": value,
+        "error_info": {"code": value, "message": value},
+    }
+    log = parse_show_body({"operation_log": raw})
+    assert log.vault_name == expected
+    assert log.error_info is not None
+    assert log.error_info.code == expected
+
+
+@pytest.mark.parametrize("value", ["oops", 3, [], True, None])
+def test_sub_objects_of_the_wrong_type_are_absent(value: object) -> None:
+    """error_info / extra_info / common / resource that are not objects are ignored."""
+    for raw in (
+        {"id": "t", "status": "running", "error_info": value, "extra_info": value},
+        {"id": "t", "status": "running", "extra_info": {"common": value, "resource": value}},
+    ):
+        log = parse_show_body({"operation_log": raw})
+        assert (log.progress, log.resource.id, log.error) == (None, None, None)
+
+
+def test_a_key_named_raw_is_just_another_key() -> None:
+    """CBR sending a key called "raw" does not collide with the kept raw body."""
+    raw = {"id": "t", "status": "running", "raw": "surprise"}
+    log = parse_show_body({"operation_log": raw})
+    assert log.raw is raw
 
 
 def test_list_body() -> None:

@@ -18,7 +18,7 @@ from watcher.cbr.models import MalformedBodyError, parse_list_body, parse_show_b
 from watcher.clock import FakeClock
 from watcher.sim import FaultProfile, SimTaskSpec, Simulator, builtin_scenario, load_scenario
 from watcher.sim.__main__ import main as sim_main
-from watcher.sim.faults import FaultInjector, parse_fault
+from watcher.sim.faults import HOSTILE_FAULTS, FaultInjector, parse_fault
 from watcher.sim.scenario import parse_scenario
 from watcher.sim.server import parse_listen, run_simulator
 from watcher.sim.tasks import TAIL_START
@@ -780,3 +780,151 @@ def test_module_entry_point_rejects_a_bad_scenario(
     path.write_text("sede = 1", encoding="utf-8")
     assert sim_main(["--listen", "127.0.0.1:0", "--scenario", str(path)]) == 78
     assert "sede: unknown key" in capsys.readouterr().err
+
+
+# -- hostile faults (opt-in) ----------------------------------------------------------------
+
+
+async def raw_show(api: Api, task_id: str) -> tuple[int, Headers, bytes]:
+    """ShowOpLog without parsing: the exact bytes the simulator sent."""
+    async with api.session.get(
+        f"{api.base_url}/v3/{PID}/operation-logs/{task_id}", headers={"X-Auth-Token": TOKEN}
+    ) as resp:
+        return resp.status, CIMultiDict(resp.headers), await resp.read()
+
+
+def test_hostile_fault_names_round_trip() -> None:
+    for name in (*HOSTILE_FAULTS, "reset:reused"):
+        assert parse_fault(name).name == name
+    assert parse_fault("reset").name == "reset"
+    assert parse_fault("malformed").variant == "truncated"
+    for bad in ("progress", "progress:12", "throttle_odd", "far_date:soon", "deep_json:3"):
+        with pytest.raises(ValueError, match="unknown fault"):
+            parse_fault(bad)
+
+
+async def test_deep_json_body(sim: Simulator, api: Api) -> None:
+    task_id = sim.add_task(SimTaskSpec(faults=["deep_json"]))
+    status, headers, data = await raw_show(api, task_id)
+    assert status == 200
+    assert_cbr_headers(headers)
+    assert data.startswith(b'{"operation_log":[[[[')
+    assert data.count(b"[") == 100_000
+    with pytest.raises(RecursionError):
+        json.loads(data)
+    assert (await api.show(task_id))[0] == 200
+
+
+@pytest.mark.parametrize("fault", ["oversized", "oversized:chunked"])
+async def test_oversized_bodies(sim: Simulator, api: Api, fault: str) -> None:
+    task_id = sim.add_task(SimTaskSpec(faults=[fault]))
+    status, headers, data = await raw_show(api, task_id)
+    assert status == 200
+    assert len(data) > 9 * 1024 * 1024
+    assert ("Content-Length" in headers) is (fault == "oversized")
+    assert_cbr_headers(headers)
+    assert json.loads(data)["operation_log"]["id"] == task_id
+    assert [entry.status for entry in sim.request_log] == [200]
+
+
+@pytest.mark.parametrize(
+    ("variant", "text"),
+    [
+        ("Infinity", b"Infinity"),
+        ("-Infinity", b"-Infinity"),
+        ("NaN", b"NaN"),
+        ("1e999", b"1e999"),
+        ("huge", b"9" * 400),
+        ("superscript", '"\u00b2"'.encode()),
+    ],
+)
+async def test_progress_written_as_raw_json(
+    sim: Simulator, api: Api, variant: str, text: bytes
+) -> None:
+    task_id = sim.add_task(SimTaskSpec(waiting=0, faults=[f"progress:{variant}"]))
+    _, _, data = await raw_show(api, task_id)
+    assert b'"progress": ' + text in data
+    assert json.loads(data)["operation_log"]["status"] == "running"
+
+
+@pytest.mark.parametrize(
+    ("fault", "date"),
+    [("far_date", "9999-12-31T23:59:59-05:00"), ("far_date:past", "0001-01-01T00:00:00+05:00")],
+)
+async def test_far_dates(sim: Simulator, api: Api, fault: str, date: str) -> None:
+    task_id = sim.add_task(SimTaskSpec(faults=[fault]))
+    _, _, body = await api.show(task_id)
+    log = body["operation_log"]
+    assert {log[key] for key in ("created_at", "started_at", "updated_at")} == {date}
+
+
+async def test_lone_surrogates_are_escaped_in_the_json(sim: Simulator, api: Api) -> None:
+    task_id = sim.add_task(SimTaskSpec(faults=["surrogate", "surrogate:status"]))
+    _, _, data = await raw_show(api, task_id)
+    assert b"\\ud800" in data  # the only way JSON can carry one
+    log = json.loads(data)["operation_log"]
+    assert log["vault_name"].startswith("\udfff")
+    assert log["extra_info"]["resource"]["name"].endswith("\udc80")
+    assert log["status"] == "waiting"
+    _, _, data = await raw_show(api, task_id)
+    assert json.loads(data)["operation_log"]["status"] == "waiting\ud800"
+
+
+async def test_odd_retry_after_headers(sim: Simulator, clock: FakeClock, api: Api) -> None:
+    names = ["minus0000", "superscript", "huge", "garbage", "rfc850", "asctime"]
+    task_id = sim.add_task(SimTaskSpec(faults=[f"throttle_odd:{name}" for name in names]))
+    seen = []
+    for _ in names:
+        status, headers, body = await api.show(task_id)
+        assert (status, body["error_code"]) == (429, "APIGW.0308")
+        seen.append(headers["Retry-After"])
+    assert seen[:4] == ["Wed, 21 Oct 2015 07:28:00 -0000", "\u00b2", "99999999999", "soon, maybe"]
+    assert seen[4] == "Thursday, 01-Jan-26 00:01:00 GMT"
+    assert seen[5] == "Thu Jan  1 00:01:00 2026"
+
+
+async def test_reset_on_a_reused_connection_waits_for_one(sim: Simulator, api: Api) -> None:
+    task_id = sim.add_task(SimTaskSpec(faults=["reset:reused"]))
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as fresh:
+        assert (await Api(fresh, api.base_url).show(task_id))[0] == 200
+        assert (await Api(fresh, api.base_url).show(task_id))[0] == 200
+    assert sim.faults.pending(task_id) == ["reset:reused"]
+    # aiohttp re-sends a GET once after a disconnect; the script has only one fault.
+    assert (await api.show(task_id))[0] == 200
+    assert (await api.show(task_id))[0] == 200
+    assert [(e.reused, e.fault, e.status) for e in sim.request_log] == [
+        (False, None, 200),
+        (False, None, 200),
+        (False, None, 200),
+        (True, "reset:reused", None),
+        (False, None, 200),
+    ]
+
+
+def test_hostile_profile_is_opt_in_and_reproducible() -> None:
+    assert FaultProfile().hostile_rate == FaultProfile().reused_reset_rate == 0
+    profile = FaultProfile(hostile_rate=0.5, reused_reset_rate=0.2)
+
+    def sequence(seed: int, reused: bool) -> list[str | None]:
+        injector = FaultInjector(profile, seed)
+        faults = [injector.next_fault(None, reused=reused) for _ in range(400)]
+        return [fault.name if fault else None for fault in faults]
+
+    first = sequence(3, reused=True)
+    assert first == sequence(3, reused=True)
+    assert set(HOSTILE_FAULTS) <= set(first)
+    assert "reset:reused" in first
+    assert "reset:reused" not in sequence(3, reused=False)
+    with pytest.raises(ValueError, match="add up"):
+        FaultProfile(hostile_rate=0.6, error_rate=0.6)
+
+
+def test_scenarios_accept_the_hostile_rates() -> None:
+    scenario = parse_scenario(
+        {
+            "faults": {"hostile_rate": 0.1, "reused_reset_rate": 0.05},
+            "tasks": [{"faults": ["deep_json", "throttle_odd:huge", "reset:reused"]}],
+        }
+    )
+    assert scenario.faults is not None
+    assert (scenario.faults.hostile_rate, scenario.faults.reused_reset_rate) == (0.1, 0.05)

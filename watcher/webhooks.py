@@ -20,12 +20,11 @@ from typing import Protocol
 import aiohttp
 import structlog
 
-from watcher import __version__
-from watcher.cbr.client import parse_retry_after
 from watcher.clock import Clock
 from watcher.config import WebhookSettings
 from watcher.events import TaskEvent
 from watcher.filevalue import FileValue
+from watcher.http import USER_AGENT, parse_retry_after
 from watcher.payloads import event_body, event_id
 from watcher.signing import sign, split_secrets
 from watcher.store import OutboxEntry, PendingDelivery, Store
@@ -38,6 +37,8 @@ BACKOFF_BASE = 2.0
 BACKOFF_CAP = 900.0
 PER_RECEIVER_CONCURRENCY = 4
 IDLE_RECHECK = 30.0
+LOOP_FAILURE_PAUSE = 5.0
+"""After an unexpected failure in a receiver's loop (e.g. the state store), wait this long."""
 
 
 class DeliveryObserver(Protocol):
@@ -193,7 +194,7 @@ class Deliverer:
     async def run(self) -> None:
         """Deliver until `stop()`; one loop per receiver."""
         self._session = aiohttp.ClientSession(
-            headers={"User-Agent": f"cbr-watcher/{__version__}"},
+            headers={"User-Agent": USER_AGENT},
             timeout=aiohttp.ClientTimeout(total=None),
         )
         try:
@@ -229,15 +230,38 @@ class Deliverer:
             if not pending:
                 return True
             if self._clock.monotonic() >= deadline:
+                durable = self._store.path != ":memory:"
                 log.warning(
                     "webhooks.undelivered_at_exit",
                     receivers=pending,
-                    detail="kept in the outbox for the next run",
+                    detail=(
+                        "kept in the outbox for the next run"
+                        if durable
+                        else 'lost at exit: state.path is ":memory:", so nothing is kept'
+                    ),
                 )
                 return False
             await self._clock.sleep(0.2)
 
     async def _receiver_loop(self, name: str) -> None:
+        failing = False
+        while not self._stopping:
+            try:
+                await self._deliver_until_stopped(name)
+            except Exception as error:
+                # The loop must outlive a failing state store or a bug: pause, then go on.
+                if not failing:
+                    log.error(
+                        "webhooks.loop_failed",
+                        receiver=name,
+                        error_type=type(error).__name__,
+                        error=str(error)[:200],
+                        detail=f"retrying every {LOOP_FAILURE_PAUSE:g}s",
+                    )
+                failing = True
+                await self._clock.sleep(LOOP_FAILURE_PAUSE)
+
+    async def _deliver_until_stopped(self, name: str) -> None:
         receiver = self.receivers[name]
         wake = self._wake[name]
         running = self._in_flight[name]
@@ -277,6 +301,23 @@ class Deliverer:
     # ---- one attempt ------------------------------------------------------------------------
 
     async def _attempt(self, receiver: Receiver, row: PendingDelivery) -> None:
+        try:
+            await self._attempt_once(receiver, row)
+        except Exception as error:
+            # Whatever went wrong after the POST (the store, a bug), the row is not lost: it
+            # stays in the outbox. Holding this task's slot for a backoff keeps it from being
+            # offered again at once, so a failure can never turn into a tight re-send loop.
+            log.error(
+                "webhook.attempt_failed",
+                receiver=receiver.name,
+                event_id=row.event_id,
+                error_type=type(error).__name__,
+                error=str(error)[:200],
+            )
+            cap = min(BACKOFF_CAP, BACKOFF_BASE * 2.0 ** min(row.attempts, 30))
+            await self._clock.sleep(max(BACKOFF_FLOOR, self._rng.uniform(0, cap)))
+
+    async def _attempt_once(self, receiver: Receiver, row: PendingDelivery) -> None:
         result = await self.post(receiver, row.event_id, row.body)
         name = receiver.name
         self._observer.webhook_attempt(name, result.result)
@@ -332,6 +373,7 @@ class Deliverer:
             attempt=row.attempts + 1,
             result=result.result,
             status=result.status,
+            error=result.error,
             retry_in=round(next_attempt - now, 3),
         )
 
@@ -344,12 +386,14 @@ class Deliverer:
 async def post_once(
     session: aiohttp.ClientSession, receiver: Receiver, msg_id: str, body: bytes, *, clock: Clock
 ) -> AttemptResult:
-    """POST `body` once, signed with a fresh timestamp; never raises for HTTP trouble."""
+    """POST `body` once, signed with a fresh timestamp. Never raises: whatever happens is an
+    AttemptResult, and an answer with a 2xx status is a success whatever else it holds."""
     started = clock.monotonic()
 
     def failed(result: str, error: str) -> AttemptResult:
         return AttemptResult(False, result, None, None, error, clock.monotonic() - started)
 
+    status: int | None = None
     try:
         timestamp = int(clock.wall())
         headers = {
@@ -357,7 +401,7 @@ async def post_once(
             "webhook-id": msg_id,
             "webhook-timestamp": str(timestamp),
             "content-type": "application/json",
-            "user-agent": f"cbr-watcher/{__version__}",
+            "user-agent": USER_AGENT,
         }
         keys = receiver.keys()
         if keys:
@@ -368,14 +412,22 @@ async def post_once(
                 receiver.url(), data=body, headers=headers, allow_redirects=False
             ) as response,
         ):
-            await response.read()
             status = response.status
-            retry_after = parse_retry_after(response.headers.get("Retry-After"))
+            retry_after = parse_retry_after(response.headers.get("Retry-After"), now=clock.wall())
+            await response.read()
         return _classify(status, retry_after, clock.monotonic() - started)
-    except TimeoutError:
-        return failed("timeout", f"no answer within {receiver.settings.timeout:g}s")
-    except (aiohttp.ClientError, OSError, ValueError) as error:
-        return failed("connection_error", f"{type(error).__name__}: {str(error)[:200]}")
+    except Exception as error:
+        if status is not None and 200 <= status < 300:
+            # Accepted; a body cut short afterwards does not make it undelivered.
+            return _classify(status, None, clock.monotonic() - started)
+        if isinstance(error, TimeoutError):
+            return failed("timeout", f"no answer within {receiver.settings.timeout:g}s")
+        reason = (
+            f"{type(error).__name__}: {str(error)[:200]}" if str(error) else type(error).__name__
+        )
+        if isinstance(error, aiohttp.ClientError | OSError | ValueError):
+            return failed("connection_error", reason)
+        return failed("other", reason)
 
 
 def _classify(status: int, retry_after: float | None, elapsed: float) -> AttemptResult:

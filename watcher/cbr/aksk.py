@@ -10,15 +10,20 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
-from email.utils import parsedate_to_datetime
 from pathlib import Path
 
 import structlog
 from yarl import URL
 
 from watcher.cbr import signer
-from watcher.cbr.auth import REDACTED, CredentialsUnavailableError, SecretSource
+from watcher.cbr.auth import (
+    REDACTED,
+    CredentialsUnavailableError,
+    SecretSource,
+    check_header_value,
+)
 from watcher.clock import Clock
+from watcher.http import parse_http_date
 
 log = structlog.get_logger("watcher.auth")
 
@@ -68,8 +73,10 @@ class AkSkAuthenticator:
         self._access_key = access_key
         self._project_id = project_id
         self._clock = clock
-        self._secret = SecretSource("auth.secret_key", secret_key, secret_key_file)
-        self._token = SecretSource("auth.security_token", security_token, security_token_file)
+        self._secret = SecretSource("auth.secret_key", secret_key, secret_key_file, header=True)
+        self._token = SecretSource(
+            "auth.security_token", security_token, security_token_file, header=True
+        )
         self._max_failures = max(1, max_failures)
         self._pauses = pauses
         self._lockouts = 0
@@ -94,6 +101,7 @@ class AkSkAuthenticator:
     async def apply(self, method: str, url: URL, headers: dict[str, str], body: bytes) -> None:
         """Add `X-Project-Id`, `X-Security-Token` (when configured), `X-Sdk-Date`, `Host` and
         `Authorization`; CredentialsUnavailableError while locked out or a file is unreadable."""
+        check_header_value(self._access_key, "auth.access_key")
         while True:
             secret, token = self._credentials()
             self._check_lockout()
@@ -112,8 +120,13 @@ class AkSkAuthenticator:
         if token:
             headers[signer.SECURITY_TOKEN_HEADER] = token
         signer.sign(
-            method, url, headers, body,
-            access_key=self._access_key, secret_key=secret, now=self._clock.wall(),
+            method,
+            url,
+            headers,
+            body,
+            access_key=self._access_key,
+            secret_key=secret,
+            now=self._clock.wall(),
         )
 
     def observe_response(self, status: int | None, headers: Mapping[str, str]) -> None:
@@ -205,11 +218,8 @@ class SkewWatch:
 
     def observe(self, date: str | None) -> None:
         """Take one `Date` header value (ignored when absent or unparsable)."""
-        if not date:
-            return
-        try:
-            server = parsedate_to_datetime(date).timestamp()
-        except (TypeError, ValueError):
+        server = parse_http_date(date)
+        if server is None:
             return
         self.skew = self._clock.wall() - server
         off = abs(self.skew) > self._warn_after

@@ -17,6 +17,7 @@ every request (`status` None when no answer came), and `redact(text)` for error 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Protocol
@@ -24,8 +25,10 @@ from typing import Protocol
 from yarl import URL
 
 from watcher.filevalue import FileValue
+from watcher.safetext import has_surrogates
 
 REDACTED = "**********"
+_CONTROL = re.compile("[\x00-\x1f\x7f]")
 
 
 class CredentialsUnavailableError(Exception):
@@ -58,10 +61,15 @@ class SecretSource:
 
     `key` is the configuration key (e.g. "auth.secret_key"), used in error messages.
     `version` goes up whenever the value read differs from the previous one.
+    `header`: the value is sent in (or signs) request headers, so text no header can carry
+    is refused (`check_header_value`).
     """
 
-    def __init__(self, key: str, value: str = "", path: Path | None = None) -> None:
+    def __init__(
+        self, key: str, value: str = "", path: Path | None = None, *, header: bool = False
+    ) -> None:
         self.key = key
+        self._header = header
         self._static = value
         self._file = FileValue(path, key=f"{key}_file") if path is not None else None
         self._last: str | None = None
@@ -73,8 +81,11 @@ class SecretSource:
         return bool(self._static) or self._file is not None
 
     def current(self) -> str:
-        """The value now; CredentialsUnavailableError when the file is unreadable or empty."""
+        """The value now; CredentialsUnavailableError when the file is unreadable or empty, or
+        (for a `header` value) holds text no request header can carry."""
         value = self._read() if self._file is not None else self._static
+        if self._header:
+            check_header_value(value, self._file.key if self._file is not None else self.key)
         if value != self._last:
             self._last = value
             self.version += 1
@@ -98,13 +109,23 @@ class SecretSource:
         return text.replace(secret, REDACTED) if secret else text
 
 
+def check_header_value(value: str, source: str) -> None:
+    """CredentialsUnavailableError naming `source` (never the value) when `value` holds a
+    control character (below 0x20, or 0x7f) or a lone surrogate: no HTTP request could carry
+    it, so every call would otherwise fail inside the HTTP library."""
+    if _CONTROL.search(value):
+        raise CredentialsUnavailableError(f"{source} holds a control character")
+    if has_surrogates(value):
+        raise CredentialsUnavailableError(f"{source} holds a character that is not valid text")
+
+
 class TokenAuthenticator:
     """`X-Auth-Token` from a fixed value or from a file that is re-read when it changes."""
 
     def __init__(self, *, token: str = "", token_file: Path | None = None) -> None:
         if not token and token_file is None:
             raise ValueError("a token or a token file is required")
-        self._token = SecretSource("auth.token", token, token_file)
+        self._token = SecretSource("auth.token", token, token_file, header=True)
 
     def current_token(self) -> str:
         """The token to send now; re-reads the file when its mtime, size or inode changed."""

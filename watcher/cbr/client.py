@@ -1,28 +1,41 @@
 """The CBR HTTP client: ShowOpLog and ListOpLogs over aiohttp.
 
 Every failure leaves this module as one of the CbrError kinds (auth, not found, throttled,
-transient, fatal); the engine never sees an aiohttp exception.
+transient, fatal, internal); the engine never sees an aiohttp exception, nor any other one:
+anything unforeseen while making or reading a call becomes `InternalError` (label
+"internal").
+
+What a 200 body may be, so no answer can exhaust memory or the stack:
+
+* at most `MAX_BODY_BYTES` (8 MiB; a full ListOpLogs page of 1000 logs is about 2 MiB). A
+  larger `Content-Length` is refused before reading; a body without one is read in chunks
+  and refused as soon as it passes the limit. Error bodies are read up to
+  `MAX_ERROR_BODY_BYTES` only, the rest is ignored;
+* JSON nested at most `MAX_JSON_DEPTH` (64) levels deep (CBR's bodies use about 6).
+
+Anything else (not JSON, too big, too deep, not the documented shape) is
+`TransientError(label="malformed")`: retried, never a crash.
+
+aiohttp re-sends an idempotent request once by itself when a connection drops; that second
+attempt would bypass the engine's request budget, so the client's own session turns it off.
 """
 
 from __future__ import annotations
 
 import json
-import ssl
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 from yarl import URL
 
-from watcher import __version__
 from watcher.cbr.auth import Authenticator, CredentialsUnavailableError
 from watcher.cbr.errors import (
     AuthError,
     CbrError,
     FatalError,
+    InternalError,
     NotFoundError,
     ThrottledError,
     TransientError,
@@ -36,6 +49,9 @@ from watcher.cbr.models import (
 )
 from watcher.cbr.signer import encode_query
 from watcher.clock import Clock
+from watcher.http import USER_AGENT, parse_retry_after
+from watcher.http import make_ssl_context as make_ssl_context
+from watcher.safetext import clean
 from watcher.task_ids import validate_task_id
 
 RequestObserver = Callable[[str, str, float], None]
@@ -43,16 +59,12 @@ RequestObserver = Callable[[str, str, float], None]
 
 SHOW = "show_op_log"
 LIST = "list_op_logs"
+MAX_BODY_BYTES = 8 * 1024 * 1024
+MAX_ERROR_BODY_BYTES = 64 * 1024
+MAX_JSON_DEPTH = 64
 _TRANSIENT_STATUSES = frozenset({408, 500, 502, 503, 504})
-
-
-def make_ssl_context(*, verify: bool, ca_file: str = "") -> ssl.SSLContext | bool:
-    """The TLS setting for aiohttp: a context with an extra CA, the default, or no checks."""
-    if not verify:
-        return False
-    if ca_file:
-        return ssl.create_default_context(cafile=ca_file)
-    return True
+_PARSE_ERRORS = (RecursionError, OverflowError, ValueError, TypeError)
+T = TypeVar("T")
 
 
 class CbrClient:
@@ -88,10 +100,11 @@ class CbrClient:
             connector = aiohttp.TCPConnector(limit=self._max_connections, ssl=self._ssl)
             self._session = aiohttp.ClientSession(
                 connector=connector,
-                headers={"User-Agent": f"cbr-watcher/{__version__}"},
+                headers={"User-Agent": USER_AGENT},
                 # A real-time safety net; the clock-driven timeout below is the one that decides.
                 timeout=aiohttp.ClientTimeout(total=self._timeout * 3 + 5),
             )
+            disable_connection_retry(self._session)
         return self
 
     async def __aexit__(
@@ -116,11 +129,7 @@ class CbrClient:
         """GET /v3/{project_id}/operation-logs/{id} → the task."""
         validate_task_id(task_id)
         url = self._base / "v3" / self._project_id / "operation-logs" / task_id
-        body = await self._get(SHOW, url)
-        try:
-            return parse_show_body(body)
-        except MalformedBodyError as error:
-            raise TransientError(f"malformed ShowOpLog body: {error}", label="malformed") from None
+        return await self._get(SHOW, url, parse_show_body)
 
     async def list_op_logs(
         self,
@@ -148,13 +157,9 @@ class CbrClient:
         if query:
             # Sent exactly as AK/SK signing canonicalises it (yarl would leave ':' bare).
             url = URL(f"{url}?{encode_query(query.items())}", encoded=True)
-        body = await self._get(LIST, url)
-        try:
-            return parse_list_body(body)
-        except MalformedBodyError as error:
-            raise TransientError(f"malformed ListOpLogs body: {error}", label="malformed") from None
+        return await self._get(LIST, url, parse_list_body)
 
-    async def _get(self, operation: str, url: URL) -> Any:
+    async def _get(self, operation: str, url: URL, parse: Callable[[Any], T]) -> T:
         if self._session is None:
             raise RuntimeError("CbrClient used outside 'async with'")
         started = self._clock.monotonic()
@@ -164,23 +169,22 @@ class CbrClient:
             try:
                 await self._auth.apply("GET", url, headers, b"")
             except CredentialsUnavailableError as error:
-                raise AuthError(str(error), label="credentials") from None
+                raise AuthError(clean(str(error)), label="credentials") from None
             answered: list[int] = []
             try:
                 async with self._clock.timeout(self._timeout):
-                    body, label = await self._exchange(url, headers, answered)
+                    result = await self._exchange(operation, url, headers, answered, parse)
             finally:
                 if not answered:
                     self._tell_auth(None, {})
-            return body
+            label = "200"
+            return result
         except CbrError as error:
             label = error.code_label
             raise
         except TimeoutError:
             label = "timeout"
-            raise TransientError(
-                f"no answer within {self._timeout:g}s", label="timeout"
-            ) from None
+            raise TransientError(f"no answer within {self._timeout:g}s", label="timeout") from None
         except aiohttp.ClientConnectorCertificateError as error:
             label = "tls"
             raise FatalError(
@@ -189,9 +193,22 @@ class CbrClient:
         except (aiohttp.ClientError, OSError) as error:
             label = "connection"
             raise TransientError(f"connection failed: {_describe(error)}", label=label) from None
+        except Exception as error:
+            label = "internal"
+            raise self._internal(error) from error
         finally:
             if self._observe is not None:
                 self._observe(operation, label, self._clock.monotonic() - started)
+
+    def _internal(self, error: Exception) -> InternalError:
+        """`InternalError.wrap(error)`, with anything the authenticator knows as secret hidden."""
+        wrapped = InternalError.wrap(error)
+        text = self._redact(clean(wrapped.message))
+        return wrapped if text == wrapped.message else InternalError(text)
+
+    def _redact(self, text: str) -> str:
+        redact = getattr(self._auth, "redact", None)
+        return str(redact(text)) if redact is not None else text
 
     def _tell_auth(self, status: int | None, headers: Mapping[str, str]) -> None:
         """Hand the answer (None: no answer) to an authenticator that wants to see it."""
@@ -200,8 +217,13 @@ class CbrClient:
             observe(status, headers)
 
     async def _exchange(
-        self, url: URL, headers: dict[str, str], answered: list[int]
-    ) -> tuple[Any, str]:
+        self,
+        operation: str,
+        url: URL,
+        headers: dict[str, str],
+        answered: list[int],
+        parse: Callable[[Any], T],
+    ) -> T:
         assert self._session is not None
         async with self._session.get(
             url, headers=headers, allow_redirects=False, ssl=self._ssl
@@ -209,24 +231,92 @@ class CbrClient:
             status = response.status
             answered.append(status)
             self._tell_auth(status, response.headers)
-            raw = await response.read()
             if status == 200:
+                body = decode_json(await read_body(response))
                 try:
-                    return json.loads(raw), "200"
-                except ValueError:
-                    raise TransientError(
-                        "malformed body: not JSON", http_status=200, label="malformed"
-                    ) from None
-            redact = getattr(self._auth, "redact", None)
-            if redact is not None:
-                # A rejected signature's message echoes signed headers (X-Security-Token).
-                raw = redact(raw.decode("utf-8", "replace")).encode()
-            raise _error_for(status, raw, response.headers)
+                    return parse(body)
+                except MalformedBodyError as error:
+                    raise _malformed(f"{operation} body: {error}") from None
+            raw = await read_body(response, limit=MAX_ERROR_BODY_BYTES, truncate=True)
+            # A rejected signature's message echoes signed headers (X-Security-Token).
+            raw = self._redact(raw.decode("utf-8", "replace")).encode()
+            raise _error_for(status, raw, response.headers, now=self._clock.wall())
 
 
-def _error_for(status: int, raw: bytes, headers: Mapping[str, str]) -> CbrError:
+def disable_connection_retry(session: aiohttp.ClientSession) -> None:
+    """Stop `session` re-sending an idempotent request after a dropped connection.
+
+    aiohttp (3.9+) retries a GET once on a reset or server disconnect; that attempt is not
+    counted by the engine's request budget, so it is turned off the way aiohttp's own test
+    client does. tests/test_client.py fails if a new aiohttp version brings the retry back.
+    """
+    if hasattr(session, "_retry_connection"):
+        session._retry_connection = False
+
+
+async def read_body(
+    response: aiohttp.ClientResponse, *, limit: int = MAX_BODY_BYTES, truncate: bool = False
+) -> bytes:
+    """The body, read in chunks and never more than `limit` bytes of it.
+
+    Past the limit: the first `limit` bytes when `truncate`, else a malformed TransientError
+    (a larger Content-Length is refused before anything is read).
+    """
+    length = response.content_length
+    if not truncate and length is not None and length > limit:
+        raise _malformed(f"body of {length} bytes is over the {limit}-byte limit")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.content.iter_any():
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > limit:
+            if truncate:
+                return b"".join(chunks)[:limit]
+            raise _malformed(f"body is over the {limit}-byte limit")
+    return b"".join(chunks)
+
+
+def decode_json(raw: bytes) -> Any:
+    """Parse a 200 body; a malformed TransientError when it is not JSON or is nested too deep."""
+    try:
+        body = json.loads(raw)
+    except _PARSE_ERRORS:
+        raise _malformed("body is not JSON") from None
+    # Counting brackets is cheap and usually ends the check; only then walk the value.
+    if raw.count(b"{") + raw.count(b"[") > MAX_JSON_DEPTH and nested_deeper_than(
+        body, MAX_JSON_DEPTH
+    ):
+        raise _malformed(f"body is nested deeper than {MAX_JSON_DEPTH} levels")
+    return body
+
+
+def nested_deeper_than(value: object, limit: int) -> bool:
+    """Whether a parsed JSON value has more than `limit` levels of objects and arrays."""
+    stack: list[tuple[object, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return False
+
+
+def _malformed(detail: str) -> TransientError:
+    return TransientError(f"malformed {clean(detail)}", http_status=200, label="malformed")
+
+
+def _error_for(status: int, raw: bytes, headers: Mapping[str, str], *, now: float) -> CbrError:
     code, message = _error_fields(raw)
     request_id = headers.get("X-Request-Id")
+    if request_id is not None:
+        request_id = clean(request_id[:128])
     text = f"HTTP {status}" + (f" {code}" if code else "") + (f": {message}" if message else "")
     kw: dict[str, Any] = {"http_status": status, "error_code": code, "request_id": request_id}
     if status == 401:
@@ -234,7 +324,8 @@ def _error_for(status: int, raw: bytes, headers: Mapping[str, str]) -> CbrError:
     if status == 404:
         return NotFoundError(text, **kw)
     if status == 429:
-        return ThrottledError(text, retry_after=parse_retry_after(headers.get("Retry-After")), **kw)
+        retry_after = parse_retry_after(headers.get("Retry-After"), now=now)
+        return ThrottledError(text, retry_after=retry_after, **kw)
     if status in _TRANSIENT_STATUSES or status >= 500 or 300 <= status < 400:
         return TransientError(text, **kw)
     return FatalError(text, **kw)
@@ -244,7 +335,7 @@ def _error_fields(raw: bytes) -> tuple[str | None, str | None]:
     """error_code / error_msg from any of the shapes Huawei services use."""
     try:
         body = json.loads(raw)
-    except ValueError:
+    except _PARSE_ERRORS:
         return None, None
     candidates = [body]
     if isinstance(body, dict):
@@ -258,25 +349,21 @@ def _error_fields(raw: bytes) -> tuple[str | None, str | None]:
             ("code", "message"),
         ):
             if code_key in item or msg_key in item:
-                code, msg = item.get(code_key), item.get(msg_key)
-                return (str(code) if code else None), (str(msg)[:300] if msg else None)
+                return _scalar(item.get(code_key), 100), _scalar(item.get(msg_key), 300)
     return None, None
 
 
-def parse_retry_after(value: str | None) -> float | None:
-    """Retry-After in seconds from delta-seconds or an HTTP date; None when absent or garbled."""
-    if not value:
+def _scalar(value: object, limit: int) -> str | None:
+    """A short, clean text for a code or message; None for empty values and nested junk."""
+    if isinstance(value, bool) or not isinstance(value, str | int | float) or value == "":
         return None
-    text = value.strip()
-    if text.isdigit():
-        return float(text)
     try:
-        when = parsedate_to_datetime(text)
-    except (TypeError, ValueError):
+        text = value if isinstance(value, str) else repr(value)
+    except ValueError:  # an int too long to print
         return None
-    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+    return clean(text[:limit]) or None
 
 
 def _describe(error: BaseException) -> str:
     text = str(error) or type(error).__name__
-    return text[:200]
+    return clean(text[:200])

@@ -25,9 +25,9 @@ import aiohttp
 import structlog
 from yarl import URL
 
-from watcher import __version__
 from watcher.cbr.auth import REDACTED, CredentialsUnavailableError, SecretSource
 from watcher.clock import Clock
+from watcher.http import USER_AGENT
 
 log = structlog.get_logger("watcher.auth")
 
@@ -101,9 +101,7 @@ async def request_token(
     # Terraform-style endpoints end in "/v3"; both spellings mean the same IAM.
     base = endpoint.rstrip("/").removesuffix("/v3")
     url = URL(base + TOKENS_PATH).with_query(nocatalog="true")
-    async with session.post(
-        url, json=body, ssl=ssl_setting, allow_redirects=False
-    ) as response:
+    async with session.post(url, json=body, ssl=ssl_setting, allow_redirects=False) as response:
         raw = await response.read()
         if 200 <= response.status < 300:
             return _issued(response.headers.get("X-Subject-Token"), raw)
@@ -132,19 +130,22 @@ def _rejection(status: int, raw: bytes, who: str) -> IamError:
         return IamError(
             f"IAM rejected the password for {who}: wrong auth.domain_name, auth.user_name or "
             f"password, or the user is locked{suffix}",
-            rejected=True, status=status,
+            rejected=True,
+            status=status,
         )
     if status == 403:
         return IamError(
             f"IAM refused a token to {who}: the user is disabled or may not use the project"
             f"{suffix}",
-            rejected=True, status=status,
+            rejected=True,
+            status=status,
         )
     if 400 <= status < 500 and status not in (408, 429):
         return IamError(
             f"IAM rejected the token request for {who}: check auth.domain_name, cbr.project_id "
             f"and auth.iam_endpoint{suffix}",
-            rejected=True, status=status,
+            rejected=True,
+            status=status,
         )
     return IamError(f"IAM is unavailable{suffix}", rejected=False, status=status)
 
@@ -260,14 +261,19 @@ class PasswordAuthenticator:
     async def _fetch(self, password: str) -> IssuedToken:
         self.fetches += 1
         body = token_request_body(
-            domain_name=self._domain_name, user_name=self._user_name,
-            password=password, project_id=self._project_id,
+            domain_name=self._domain_name,
+            user_name=self._user_name,
+            password=password,
+            project_id=self._project_id,
         )
         try:
-            async with aiohttp.ClientSession(
-                headers={"User-Agent": f"cbr-watcher/{__version__}"},
-                timeout=aiohttp.ClientTimeout(total=self._timeout * 3 + 5),
-            ) as session, self._clock.timeout(self._timeout):
+            async with (
+                aiohttp.ClientSession(
+                    headers={"User-Agent": USER_AGENT},
+                    timeout=aiohttp.ClientTimeout(total=self._timeout * 3 + 5),
+                ) as session,
+                self._clock.timeout(self._timeout),
+            ):
                 return await request_token(
                     session, self._endpoint, body, who=self.who, ssl_setting=self._ssl
                 )
@@ -305,13 +311,15 @@ class PasswordAuthenticator:
             self.on_token(issued.expires_at)
 
     def _failed(self, error: IamError) -> float:
-        delay = self._backoff.failed(
-            self._clock.monotonic(), error, self._password.version
-        )
+        delay = self._backoff.failed(self._clock.monotonic(), error, self._password.version)
         if self._backoff.first_of_kind:
             log.error(
-                "auth.token_failed", method="password", error=str(error),
-                rejected=error.rejected, http_status=error.status, retry_in_seconds=delay,
+                "auth.token_failed",
+                method="password",
+                error=str(error),
+                rejected=error.rejected,
+                http_status=error.status,
+                retry_in_seconds=delay,
             )
         else:
             log.debug("auth.token_failed", error=str(error), retry_in_seconds=delay)

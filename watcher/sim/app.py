@@ -4,18 +4,23 @@ Every CBR API request passes one middleware, in this order: log it, add latency 
 simulator's clock), reject unknown paths (404 `APIGW.0101`), authenticate (401 `APIGW.0301`),
 check the project (403), inject a scripted or random fault, and finally answer. Requests that
 fail authentication therefore do not consume a task's scripted faults.
+
+The middleware also notes whether a request came on a kept-alive connection that already
+carried one (for the "reset:reused" fault); hostile body faults come from
+`watcher.sim.hostile`.
 """
 
 from __future__ import annotations
 
 import json
+import weakref
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from watcher.sim import bodies
+from watcher.sim import bodies, hostile
 from watcher.sim.faults import Fault
 from watcher.sim.iam import TOKENS_PATH, http_date
 from watcher.sim.signature import SignedCall
@@ -39,6 +44,8 @@ LIST_FILTERS = (
 )
 MAX_LIMIT = 1000
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+BODY_FAULTS = frozenset({"deep_json", "oversized", "far_date", "surrogate", "progress"})
+CHUNK_BYTES = 64 * 1024
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -79,6 +86,8 @@ class _CbrApi:
 
     def __init__(self, sim: Simulator) -> None:
         self.sim = sim
+        # API requests seen per connection (keyed by transport, forgotten with it).
+        self._served: weakref.WeakKeyDictionary[object, int] = weakref.WeakKeyDictionary()
 
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -87,14 +96,27 @@ class _CbrApi:
             return await handler(request)
         task_id = request.match_info.get("operation_log_id")
         entry = self.sim.record(request.method, request.path, request.query_string, task_id)
+        entry.reused = self._note_connection(request)
         request_id = self.sim.new_request_id()
         response = await self._answer(request, handler, entry, request_id)
-        if entry.fault in ("hang", "reset"):
+        if entry.fault in ("hang", "reset", "reset:reused"):
+            return response
+        if response.prepared:  # streamed: its headers are already sent
+            entry.status = response.status
             return response
         response.headers["X-Request-Id"] = request_id
         response.headers["Date"] = http_date(self.sim.clock.wall())
         entry.status = response.status
         return response
+
+    def _note_connection(self, request: web.Request) -> bool:
+        """Count this request on its connection; True when the connection carried one before."""
+        transport = request.transport
+        if transport is None:
+            return False
+        seen = self._served.get(transport, 0)
+        self._served[transport] = seen + 1
+        return seen > 0
 
     async def _answer(
         self, request: web.Request, handler: Handler, entry: SimRequest, request_id: str
@@ -117,7 +139,7 @@ class _CbrApi:
             return json_response(401, bodies.unauthorized(reason, request_id))
         if request.match_info["project_id"] != sim.project_id:
             return json_response(403, bodies.forbidden(request_id))
-        fault = sim.faults.next_fault(entry.task_id)
+        fault = sim.faults.next_fault(entry.task_id, reused=entry.reused)
         if fault is None:
             return await handler(request)
         entry.fault = fault.name
@@ -138,8 +160,13 @@ class _CbrApi:
             return json_response(401, bodies.unauthorized("decrypt token fail", request_id))
         if fault.kind == "not_found":
             return json_response(404, bodies.NOT_FOUND)
+        if fault.kind == "throttle_odd":
+            value = hostile.odd_retry_after(fault.variant, self.sim.clock.wall())
+            return json_response(429, bodies.throttled(request_id), {"Retry-After": value})
         if fault.kind == "malformed":
             return await self._malformed(fault, request, handler)
+        if fault.kind in BODY_FAULTS:
+            return await self._hostile_body(fault, request, handler, request_id)
         if fault.kind == "hang":
             # Released when the client gives up (the runner cancels the handler) or the
             # simulator shuts down; either way no response is ever written.
@@ -156,6 +183,44 @@ class _CbrApi:
             return raw_response(200, data[: max(1, len(data) * 2 // 3)])
         key = "operation_logs" if "operation_log_id" not in request.match_info else "operation_log"
         return json_response(200, {key: "oops"})
+
+    async def _hostile_body(
+        self, fault: Fault, request: web.Request, handler: Handler, request_id: str
+    ) -> web.StreamResponse:
+        """The real answer made hostile; anything but a 200 goes out unchanged."""
+        real = await handler(request)
+        if not (isinstance(real, web.Response) and real.status == 200):
+            return real
+        data = json.loads(real.body if isinstance(real.body, bytes) else b"{}")
+        if fault.kind == "deep_json":
+            key = next(iter(data), "operation_log")
+            return raw_response(200, hostile.deep_body(key))
+        body = hostile.mutated_body(fault.kind, fault.variant, data)
+        if fault.kind == "oversized" and fault.variant == "chunked":
+            return await self._stream(request, body, request_id)
+        return raw_response(200, body)
+
+    async def _stream(
+        self, request: web.Request, body: bytes, request_id: str
+    ) -> web.StreamResponse:
+        """Send `body` chunked (no Content-Length); a client hanging up midway is fine."""
+        response = web.StreamResponse(
+            status=200,
+            headers={
+                "Content-Type": bodies.JSON_CONTENT_TYPE,
+                "X-Request-Id": request_id,
+                "Date": http_date(self.sim.clock.wall()),
+            },
+        )
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        try:
+            for start in range(0, len(body), CHUNK_BYTES):
+                await response.write(body[start : start + CHUNK_BYTES])
+            await response.write_eof()
+        except ConnectionError:
+            pass  # the client stopped reading, as it should past its size limit
+        return response
 
     async def show_log(self, request: web.Request) -> web.StreamResponse:
         """GET /v3/{project_id}/operation-logs/{operation_log_id}."""

@@ -15,6 +15,8 @@ secret_key = "…"
 security_token = ""                               # set: a temporary key
 [faults]                                          # optional, FaultProfile fields
 error_rate = 0.05
+hostile_rate = 0.0                                # opt-in: hostile bodies and headers
+reused_reset_rate = 0.0                           # opt-in: drop requests on reused connections
 [[tasks]]
 id = "backup-ecs-0001"                            # optional
 operation_type = "backup"
@@ -23,6 +25,17 @@ waiting = "10s"
 running = "4m"
 faults = ["http_503", "throttle:2"]
 ```
+
+Scripted `faults` are consumed one per ShowOpLog request of the task: `http_500`, `http_502`,
+`http_503`, `http_504`, `throttle`, `throttle:N`, `malformed`, `malformed:shape`, `hang`,
+`reset`, `unauthorized`, `not_found`. Hostile ones (none by default) test the watcher's
+defences, each against one request: `reset:reused` (dropped on a reused keep-alive connection),
+`deep_json` (100,000 levels), `oversized` / `oversized:chunked` (a body over 9 MiB),
+`progress:Infinity|-Infinity|NaN|1e999|huge|superscript` (raw JSON progress),
+`far_date` / `far_date:past` (timestamps beyond UTC's range), `surrogate` /
+`surrogate:status` (lone UTF-16 surrogates in text fields) and
+`throttle_odd:minus0000|superscript|huge|garbage|rfc850|asctime` (429 with an odd
+`Retry-After`). See `watcher.sim.faults.Fault` for exactly what each sends.
 """
 
 from __future__ import annotations

@@ -25,7 +25,10 @@ DEFAULT_TOKENS = ("sim-token",)
 
 @dataclass(slots=True)
 class SimRequest:
-    """One request to the CBR API. `status` stays None for a request reset or left hanging."""
+    """One request to the CBR API. `status` stays None for a request reset or left hanging.
+
+    `reused`: it came on a kept-alive connection that had already carried an API request.
+    """
 
     monotonic: float
     wall: float
@@ -35,6 +38,7 @@ class SimRequest:
     task_id: str | None
     status: int | None = None
     fault: str | None = None
+    reused: bool = False
 
 
 class Simulator:
@@ -60,7 +64,10 @@ class Simulator:
         self.project_id = project_id
         self.seed = seed
         self.auth = SimAuth(
-            clock, tokens=tokens, users=users, access_keys=access_keys,
+            clock,
+            tokens=tokens,
+            users=users,
+            access_keys=access_keys,
             token_lifetime=token_lifetime,
         )
         self.iam = IamApi(self)
