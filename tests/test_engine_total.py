@@ -21,6 +21,7 @@ from watcher.cbr.models import OperationLog
 from watcher.clock import FakeClock
 from watcher.engine import INVARIANT_CHECK_INTERVAL, Engine, WatchedTask
 from watcher.events import TaskEvent
+from watcher.metrics import Metrics
 from watcher.persistence import StateRecorder
 from watcher.server import Health
 from watcher.sim import SimTaskSpec, Simulator
@@ -254,3 +255,19 @@ async def test_a_mistyped_id_warns_at_the_first_404(world: World) -> None:
     first = next(e for e in logs if e["event"] == "task.not_found_yet")
     assert first["grace_remaining_seconds"] == 120
     assert first["log_level"] == "warning"
+
+
+async def test_internal_errors_are_exported(world: World) -> None:
+    """`cbr_watcher_internal_errors_total{component}` shows what the engine survived."""
+    task_id = world.sim.add_task(SimTaskSpec(id="t5", waiting=5, running=60))
+    client = SurprisingClient(world.client, [KeyError, OverflowError])
+    engine = with_client(world, client)
+    metrics = Metrics(clock=world.clock, process_metrics=False)
+    before, _ = metrics.render()
+    assert b'cbr_watcher_internal_errors_total{component="poll"} 0.0' in before
+    metrics.attach(engine)
+    engine.add(task_id)
+    await run_until(world, engine, engine.all_done)
+    after, _ = metrics.render()
+    assert b'cbr_watcher_internal_errors_total{component="poll"} 2.0' in after
+    assert b'cbr_watcher_internal_errors_total{component="store"} 0.0' in after
