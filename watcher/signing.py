@@ -7,12 +7,12 @@ who wants a reference). Tests check both against the independent `standardwebhoo
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import hmac
 from collections.abc import Sequence
 
-SECRET_PREFIX = "whsec_"  # noqa: S105 - the format marker, not a secret
+from watcher.config.types import parse_whsec
+
 DEFAULT_TOLERANCE = 300.0
 
 
@@ -20,18 +20,10 @@ class SignatureError(ValueError):
     """A webhook whose signature or timestamp does not check out."""
 
 
-def decode_secret(secret: str) -> bytes:
-    """The HMAC key inside a "whsec_<base64>" secret."""
-    text = secret.strip().removeprefix(SECRET_PREFIX)
-    try:
-        return base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError) as error:
-        raise ValueError('a webhook secret must be "whsec_" followed by base64') from error
-
-
 def split_secrets(value: str) -> list[bytes]:
-    """One or more whitespace-separated secrets (several while a secret is being rotated)."""
-    return [decode_secret(part) for part in value.split()]
+    """The HMAC keys in one or more whitespace-separated "whsec_<base64>" secrets (several
+    while a secret is being rotated); ValueError, never naming the value, otherwise."""
+    return parse_whsec(value)
 
 
 def signature(key: bytes, msg_id: str, timestamp: int, body: bytes) -> str:
@@ -62,11 +54,7 @@ def verify(
         raise SignatureError("webhook-timestamp is not an integer") from None
     if abs(now - sent_at) > tolerance:
         raise SignatureError("webhook-timestamp is too far from now")
-    offered = [
-        part.split(",", 1)[1]
-        for part in signature_header.split()
-        if part.startswith("v1,")
-    ]
+    offered = [part.split(",", 1)[1] for part in signature_header.split() if part.startswith("v1,")]
     for key in keys:
         expected = signature(key, msg_id, sent_at, body)
         if any(hmac.compare_digest(expected, candidate) for candidate in offered):

@@ -1,8 +1,5 @@
 """`check-config` output: the effective settings as TOML, every secret redacted (URLs too:
-their userinfo and query values).
-
-Use it as `watcher.config.render_effective`.
-"""
+their userinfo and query values)."""
 
 from __future__ import annotations
 
@@ -11,8 +8,10 @@ from typing import Final
 
 from pydantic import BaseModel, SecretStr
 
-from watcher.config import REDACTED, URL_KEYS, DurationMark, Settings, redact_url
+from watcher.config.model import Settings
+from watcher.config.types import DurationMark
 from watcher.durations import format_duration
+from watcher.redaction import REDACTED, is_url_key, redact_url
 
 _BARE_KEY: Final = re.compile(r"[A-Za-z0-9_-]+")
 _ESCAPES: Final = {
@@ -65,7 +64,7 @@ def _table(header: str, section: BaseModel, notes: dict[str, str]) -> list[str]:
     lines = [header]
     for name, field in type(section).model_fields.items():
         value = getattr(section, name)
-        if name in URL_KEYS and isinstance(value, str):
+        if is_url_key(name) and isinstance(value, str):
             value = redact_url(value)
         duration = any(isinstance(item, DurationMark) for item in field.metadata)
         line = f"{_key(name)} = {_value(value, duration=duration)}"
@@ -75,9 +74,9 @@ def _table(header: str, section: BaseModel, notes: dict[str, str]) -> list[str]:
     return lines
 
 
-def render_toml(settings: Settings) -> str:
-    """The effective settings as TOML, sections in SPEC order, durations spelt like "5m" and
-    every secret that is set shown as "**********"."""
+def render_effective(settings: Settings) -> str:
+    """The effective settings as TOML for `check-config`: sections in SPEC order, durations
+    spelt like "5m", and every secret that is set shown as REDACTED."""
     notes: dict[str, dict[str, str]] = {"cbr": {}, "auth": {}}
     if settings.cbr.region and not settings.cbr.endpoint:
         notes["cbr"]["endpoint"] = settings.cbr.effective_endpoint

@@ -1,0 +1,296 @@
+"""Value types of the configuration: each is a parser or an `Annotated` pydantic type whose
+validators raise `Invalid` with the "expected …" half of the message.
+
+`parse_listen` and `parse_whsec` are the only parsers of their formats in the code base: the
+servers and the webhook signer use them too.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import fnmatch
+import ipaddress
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Final
+from urllib.parse import urlsplit
+
+from pydantic import AfterValidator, BaseModel, BeforeValidator, SecretStr
+
+from watcher.config.errors import Invalid
+from watcher.durations import parse_duration
+from watcher.events import EVENT_TYPES, TASK_PROGRESS
+from watcher.task_ids import TASK_ID_RULE, InvalidTaskIdError, is_valid_task_id, parse_task_file
+
+# Only named exactly: a glob such as "task.*" does not select it (SPEC §5).
+EXACT_ONLY_EVENT_TYPES: Final = frozenset({TASK_PROGRESS})
+# C0 controls and DEL: never valid in a header, a token or a URL.
+CONTROL: Final = re.compile(r"[\x00-\x1f\x7f]")
+
+# --- listen addresses ------------------------------------------------------------------------
+
+LISTEN_RULE: Final = "expected HOST:PORT such as 0.0.0.0:9471 or [::1]:9471"
+_LISTEN: Final = re.compile(r"(?:\[(?P<ipv6>[^\]]+)\]|(?P<host>[^\s:\[\]]*)):(?P<port>\d{1,5})")
+
+
+def parse_listen(value: str, *, default_host: str = "") -> tuple[str, int]:
+    """(host, port) from "HOST:PORT", "[IPv6]:PORT" (host without brackets) or ":PORT".
+
+    The one default-host rule: an empty HOST means `default_host`, which is "" — every
+    interface, as asyncio and aiohttp read it — unless the caller passes, say, "127.0.0.1".
+    Raises ValueError (LISTEN_RULE) otherwise.
+    """
+    match = _LISTEN.fullmatch(value)
+    if match is not None and int(match["port"]) <= 65535:
+        if match["ipv6"] is None:
+            return match["host"] or default_host, int(match["port"])
+        try:
+            return str(ipaddress.IPv6Address(match["ipv6"])), int(match["port"])
+        except ValueError:
+            pass
+    raise ValueError(LISTEN_RULE)
+
+
+def _listen(value: str) -> str:
+    try:
+        parse_listen(value)
+    except ValueError as exc:
+        raise Invalid(str(exc)) from None
+    return value
+
+
+def _listen_or_empty(value: str) -> str:
+    return _listen(value) if value else value
+
+
+Listen = Annotated[str, AfterValidator(_listen)]
+ListenOrEmpty = Annotated[str, AfterValidator(_listen_or_empty)]
+
+# --- Standard Webhooks secrets ---------------------------------------------------------------
+
+WHSEC_PREFIX: Final = "whsec_"
+WHSEC_RULE: Final = '"whsec_" followed by base64'
+
+
+def parse_whsec(value: str) -> list[bytes]:
+    """The HMAC keys in `value`: one "whsec_<base64>" secret, or several separated by
+    whitespace while a secret is being rotated. Each must decode to at least one byte.
+
+    Raises ValueError naming the expected form, never the value.
+    """
+    keys: list[bytes] = []
+    for part in value.split():
+        key = b""
+        if part.startswith(WHSEC_PREFIX):
+            with contextlib.suppress(binascii.Error, ValueError):
+                key = base64.b64decode(part.removeprefix(WHSEC_PREFIX), validate=True)
+        if not key:
+            raise ValueError(f"a webhook secret must be {WHSEC_RULE}")
+        keys.append(key)
+    if not keys:
+        raise ValueError(f"a webhook secret must be {WHSEC_RULE}")
+    return keys
+
+
+def is_whsec(value: str) -> bool:
+    """Whether `parse_whsec(value)` accepts `value`."""
+    try:
+        parse_whsec(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _whsec_or_empty(value: SecretStr) -> SecretStr:
+    if value.get_secret_value() and not is_whsec(value.get_secret_value()):
+        raise Invalid(f"expected {WHSEC_RULE}")
+    return value
+
+
+WhsecOrEmpty = Annotated[SecretStr, AfterValidator(_whsec_or_empty)]
+
+# --- durations -------------------------------------------------------------------------------
+
+
+class DurationMark:
+    """Annotated metadata marking a float as a duration, so rendering can spell it "5m"."""
+
+
+def _duration(*, positive: bool) -> BeforeValidator:
+    def parse(value: object) -> float:
+        try:
+            seconds = parse_duration(value)
+        except ValueError as exc:
+            raise Invalid(str(exc)) from None
+        except OverflowError:  # an integer too large for a float
+            raise Invalid("expected a duration of a sensible size") from None
+        if positive and seconds == 0:
+            raise Invalid("expected a duration greater than zero")
+        return seconds
+
+    return BeforeValidator(parse)
+
+
+Duration = Annotated[float, _duration(positive=False), DurationMark()]
+PositiveDuration = Annotated[float, _duration(positive=True), DurationMark()]
+
+# --- secrets ---------------------------------------------------------------------------------
+
+
+def _no_blanks(value: SecretStr) -> SecretStr:
+    if any(c.isspace() for c in value.get_secret_value()):
+        # A stray space or newline would only show up later, as a rejected signature.
+        raise Invalid("expected no spaces or line breaks")
+    return value
+
+
+def _no_controls(value: SecretStr) -> SecretStr:
+    if CONTROL.search(value.get_secret_value()):
+        # Sent in an HTTP header (or a JSON body built from it): it could never work.
+        raise Invalid("expected no control characters (line breaks, tabs, NUL)")
+    return value
+
+
+NoControlsSecret = Annotated[SecretStr, AfterValidator(_no_controls)]
+NoBlanksSecret = Annotated[SecretStr, AfterValidator(_no_blanks), AfterValidator(_no_controls)]
+
+
+def is_set(value: str | SecretStr) -> bool:
+    """Whether a string or secret setting holds anything."""
+    return bool(value.get_secret_value() if isinstance(value, SecretStr) else value)
+
+
+def at_most_one(model: BaseModel, *pairs: tuple[str, str]) -> None:
+    """Invalid, at the second key, when both keys of a (value, file) pair are set."""
+    for value_key, file_key in pairs:
+        if is_set(getattr(model, value_key)) and is_set(getattr(model, file_key)):
+            raise Invalid(
+                f"expected only one of {value_key} and {file_key}",
+                key=(file_key,),
+                value=getattr(model, file_key),
+            )
+
+
+# --- choices, URLs, files --------------------------------------------------------------------
+
+
+def choice(*options: str) -> BeforeValidator:
+    """A validator accepting one of `options`, case-insensitively, returned in lower case."""
+
+    def check(value: object) -> str:
+        if isinstance(value, str) and value.strip().lower() in options:
+            return value.strip().lower()
+        raise Invalid(f"expected one of {', '.join(options)}")
+
+    return BeforeValidator(check)
+
+
+def is_http_url(value: str) -> bool:
+    """Whether `value` is an http:// or https:// URL with a host (and a valid port, if any)."""
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError when out of range
+        return parts.scheme in ("http", "https") and bool(parts.hostname)
+    except ValueError:
+        return False
+
+
+def _http_url_or_empty(value: str) -> str:
+    if value and (
+        not is_http_url(value) or any(c.isspace() for c in value) or CONTROL.search(value)
+    ):
+        raise Invalid("expected an http:// or https:// URL")
+    return value
+
+
+def _readable_file(value: str) -> str:
+    if value:
+        try:
+            with open(value, "rb"):
+                pass
+        except OSError as exc:
+            raise Invalid(f"expected a readable file ({exc.strerror or exc})") from None
+    return value
+
+
+def file_holding(check: Callable[[str], bool], what: str) -> AfterValidator:
+    """A validator for a file path whose (stripped) UTF-8 content must pass `check`."""
+
+    def validate(value: str) -> str:
+        if value:
+            try:
+                text = Path(value).read_text(encoding="utf-8").strip()
+            except (OSError, UnicodeDecodeError):
+                text = ""
+            if not check(text):
+                raise Invalid(f"expected a file holding {what}")
+        return value
+
+    return AfterValidator(validate)
+
+
+HttpUrlOrEmpty = Annotated[str, AfterValidator(_http_url_or_empty)]
+ReadableFile = Annotated[str, AfterValidator(_readable_file)]
+UrlFile = Annotated[ReadableFile, file_holding(is_http_url, "an http(s) URL")]
+WhsecFile = Annotated[ReadableFile, file_holding(is_whsec, '"whsec_" and base64')]
+
+# --- CBR names, task IDs, event types, headers -----------------------------------------------
+
+_REGION: Final = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
+_PROJECT_ID: Final = re.compile(r"[A-Za-z0-9_-]+")
+HEADER_NAME: Final = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+
+
+def _region(value: str) -> str:
+    if value and _REGION.fullmatch(value) is None:
+        raise Invalid('expected a region such as "ap-southeast-1"')
+    return value
+
+
+def _project_id(value: str) -> str:
+    if value and _PROJECT_ID.fullmatch(value) is None:
+        raise Invalid("expected a project ID: letters, digits, '_' or '-' (usually 32 hex digits)")
+    return value
+
+
+def _task_id(value: str) -> str:
+    if not is_valid_task_id(value):
+        raise Invalid(f"expected {TASK_ID_RULE}")
+    return value
+
+
+def _task_file(value: str) -> str:
+    if value:
+        try:
+            parse_task_file(Path(value).read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise Invalid(f"expected a readable file ({exc.strerror or exc})") from None
+        except UnicodeDecodeError:
+            raise Invalid("expected a UTF-8 text file, one task ID per line") from None
+        except InvalidTaskIdError as exc:
+            raise Invalid(str(exc)) from None
+    return value
+
+
+def event_matches(event_type: str, pattern: str) -> bool:
+    """Whether `pattern` (an event type or a glob) selects `event_type`; exact-only types
+    need their full name."""
+    if event_type == pattern:
+        return True
+    return event_type not in EXACT_ONLY_EVENT_TYPES and fnmatch.fnmatchcase(event_type, pattern)
+
+
+def _event_pattern(value: str) -> str:
+    if not any(event_matches(event, value) for event in EVENT_TYPES):
+        raise Invalid(f"expected an event type or a glob matching one of {', '.join(EVENT_TYPES)}")
+    return value
+
+
+Region = Annotated[str, AfterValidator(_region)]
+ProjectId = Annotated[str, AfterValidator(_project_id)]
+TaskId = Annotated[str, AfterValidator(_task_id)]
+TaskFile = Annotated[str, AfterValidator(_task_file)]
+EventPattern = Annotated[str, AfterValidator(_event_pattern)]

@@ -1,0 +1,102 @@
+"""What counts as a secret, and how it is hidden (DESIGN: "No secret leaves").
+
+One marker, one key-name rule and three helpers, shared by configuration errors, `check-config`,
+log lines and upstream error messages:
+
+* `REDACTED` stands in for every hidden value;
+* `is_secret_key(name)`: a setting, header or log field whose *name* says it holds a secret;
+* `is_url_key(name)`: a key whose value is a URL, to be shown through `redact_url`;
+* `redact_url(url)`: the URL with its userinfo and query values hidden;
+* `redact_text(text, secrets)`: known secret values cut out of free text.
+
+Standard library only, so that any module can use it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from typing import Final
+
+REDACTED: Final = "**********"
+
+# A key holds a secret when its name contains one of these (case-insensitively)...
+SECRET_WORDS: Final = (
+    "token",
+    "password",
+    "secret",
+    "access_key",
+    "api_key",
+    "authorization",
+    "signature",
+    "credential",
+)
+# ...unless it names where the secret is kept: a path is not itself a secret.
+_LOCATION_SUFFIXES: Final = ("_file", "_dir", "_directory", "_path")
+
+_URL_NAMES: Final = frozenset({"url", "endpoint"})
+_URL_SUFFIXES: Final = ("_url", "_endpoint")
+
+_URL_PARTS: Final = re.compile(
+    r"(?P<head>(?:[A-Za-z][A-Za-z0-9+.-]*:)?//)(?P<authority>[^/?#]*)"
+    r"(?P<path>[^?#]*)(?:\?(?P<query>[^#]*))?(?P<fragment>#.*)?",
+    re.DOTALL,
+)
+
+
+def is_secret_key(name: str) -> bool:
+    """Whether a key called `name` holds a secret: "token", "auth.password", "api_token",
+    "X-Auth-Token", "secret_key" do; "token_file", "secret_file" (paths) and "region" do not."""
+    lowered = name.lower()
+    if lowered.endswith(_LOCATION_SUFFIXES):
+        return False
+    return any(word in lowered for word in SECRET_WORDS)
+
+
+def is_url_key(name: str) -> bool:
+    """Whether a key called `name` holds a URL ("url", "endpoint", "iam_endpoint", "…_url")."""
+    lowered = name.lower()
+    return lowered in _URL_NAMES or lowered.endswith(_URL_SUFFIXES)
+
+
+def _redacted_query(query: str) -> str:
+    params = []
+    for param in query.split("&"):
+        name, equals, value = param.partition("=")
+        if equals:
+            params.append(f"{name}={REDACTED}" if value else param)
+        else:
+            params.append(REDACTED if name else param)  # "?SECRET" alone may be a token
+    return "&".join(params)
+
+
+def redact_url(url: str) -> str:
+    """`url` with its userinfo and every query value replaced by REDACTED:
+    `https://user:pass@host/p?token=abc` → `https://**********@host/p?token=**********`.
+
+    Textual, so that it works on malformed URLs (shown in error messages) too.
+    """
+    match = _URL_PARTS.fullmatch(url)
+    if match is None:
+        if "?" not in url:
+            return url
+        before, _, after = url.partition("?")
+        query, hash_mark, fragment = after.partition("#")
+        return f"{before}?{_redacted_query(query)}{hash_mark}{fragment}"
+    authority = match["authority"]
+    if "@" in authority:
+        authority = f"{REDACTED}@{authority.rpartition('@')[2]}"
+    query = "" if match["query"] is None else f"?{_redacted_query(match['query'])}"
+    return f"{match['head']}{authority}{match['path']}{query}{match['fragment'] or ''}"
+
+
+def redact_text(text: str, secrets: Iterable[str | None]) -> str:
+    """`text` with every occurrence of each non-empty secret in `secrets` replaced by REDACTED.
+
+    One pass, longest secret first: a secret that contains another is hidden whole, and the
+    markers put in are never searched again.
+    """
+    wanted = sorted({secret for secret in secrets if secret}, key=len, reverse=True)
+    if not wanted:
+        return text
+    return re.sub("|".join(re.escape(secret) for secret in wanted), REDACTED, text)
