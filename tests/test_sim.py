@@ -16,11 +16,12 @@ from multidict import CIMultiDict
 
 from watcher.cbr.models import MalformedBodyError, parse_list_body, parse_show_body
 from watcher.clock import FakeClock
+from watcher.config import parse_listen
 from watcher.sim import FaultProfile, SimTaskSpec, Simulator, builtin_scenario, load_scenario
 from watcher.sim.__main__ import main as sim_main
 from watcher.sim.faults import HOSTILE_FAULTS, FaultInjector, parse_fault
 from watcher.sim.scenario import parse_scenario
-from watcher.sim.server import parse_listen, run_simulator
+from watcher.sim.server import run_simulator
 from watcher.sim.tasks import TAIL_START
 
 Headers = CIMultiDict[str]
@@ -765,9 +766,9 @@ async def test_run_simulator_prints_how_to_connect(clock: FakeClock) -> None:
 
 
 def test_parse_listen() -> None:
-    assert parse_listen("0.0.0.0:9473") == ("0.0.0.0", 9473)
-    assert parse_listen("[::1]:80") == ("::1", 80)
-    assert parse_listen(":8080") == ("127.0.0.1", 8080)
+    assert parse_listen("0.0.0.0:9473", default_host="127.0.0.1") == ("0.0.0.0", 9473)
+    assert parse_listen("[::1]:80", default_host="127.0.0.1") == ("::1", 80)
+    assert parse_listen(":8080", default_host="127.0.0.1") == ("127.0.0.1", 8080)
     for bad in ("localhost", "host:port", "h:70000"):
         with pytest.raises(ValueError, match="HOST:PORT"):
             parse_listen(bad)

@@ -20,6 +20,7 @@ from typing import Protocol
 import aiohttp
 import structlog
 
+from watcher.backoff import full_jitter
 from watcher.clock import Clock
 from watcher.config import WebhookSettings
 from watcher.events import TaskEvent
@@ -314,8 +315,7 @@ class Deliverer:
                 error_type=type(error).__name__,
                 error=str(error)[:200],
             )
-            cap = min(BACKOFF_CAP, BACKOFF_BASE * 2.0 ** min(row.attempts, 30))
-            await self._clock.sleep(max(BACKOFF_FLOOR, self._rng.uniform(0, cap)))
+            await self._clock.sleep(self._backoff(row.attempts))
 
     async def _attempt_once(self, receiver: Receiver, row: PendingDelivery) -> None:
         result = await self.post(receiver, row.event_id, row.body)
@@ -359,8 +359,7 @@ class Deliverer:
                 error=result.error,
             )
             return
-        cap = min(BACKOFF_CAP, BACKOFF_BASE * 2.0 ** min(row.attempts, 30))
-        delay = max(BACKOFF_FLOOR, self._rng.uniform(0, cap))
+        delay = self._backoff(row.attempts)
         if result.retry_after is not None and result.status in RETRY_AFTER_STATUSES:
             delay = max(delay, result.retry_after)
         # The last try lands exactly at max_age, so a receiver back in time still gets it.
@@ -375,6 +374,12 @@ class Deliverer:
             status=result.status,
             error=result.error,
             retry_in=round(next_attempt - now, 3),
+        )
+
+    def _backoff(self, attempts: int) -> float:
+        """Seconds before the next attempt of a row that failed `attempts` times before."""
+        return full_jitter(
+            attempts, base=BACKOFF_BASE, cap=BACKOFF_CAP, floor=BACKOFF_FLOOR, rng=self._rng
         )
 
     async def post(self, receiver: Receiver, msg_id: str, body: bytes) -> AttemptResult:

@@ -17,13 +17,13 @@ from yarl import URL
 
 from watcher.cbr import signer
 from watcher.cbr.auth import (
-    REDACTED,
     CredentialsUnavailableError,
     SecretSource,
     check_header_value,
 )
 from watcher.clock import Clock
 from watcher.http import parse_http_date
+from watcher.redaction import redact_text
 
 log = structlog.get_logger("watcher.auth")
 
@@ -151,7 +151,7 @@ class AkSkAuthenticator:
     def redact(self, text: str) -> str:
         """`text` without the secret key, the security token or the access key."""
         text = self._token.redact(self._secret.redact(text))
-        return text.replace(self._access_key, REDACTED)
+        return redact_text(text, [self._access_key])
 
     def _credentials(self) -> tuple[str, str]:
         secret = self._secret.current()

@@ -25,9 +25,9 @@ from typing import Protocol
 from yarl import URL
 
 from watcher.filevalue import FileValue
+from watcher.redaction import redact_text
 from watcher.safetext import has_surrogates
 
-REDACTED = "**********"
 _CONTROL = re.compile("[\x00-\x1f\x7f]")
 
 
@@ -106,7 +106,7 @@ class SecretSource:
     def redact(self, text: str) -> str:
         """`text` with the last value read replaced by REDACTED."""
         secret = self._last or self._static
-        return text.replace(secret, REDACTED) if secret else text
+        return redact_text(text, [secret])
 
 
 def check_header_value(value: str, source: str) -> None:

@@ -25,9 +25,11 @@ import aiohttp
 import structlog
 from yarl import URL
 
-from watcher.cbr.auth import REDACTED, CredentialsUnavailableError, SecretSource
+from watcher.backoff import capped_exponential
+from watcher.cbr.auth import CredentialsUnavailableError, SecretSource
 from watcher.clock import Clock
 from watcher.http import USER_AGENT
+from watcher.redaction import redact_text
 
 log = structlog.get_logger("watcher.auth")
 
@@ -254,9 +256,7 @@ class PasswordAuthenticator:
     def redact(self, text: str) -> str:
         """`text` without the password or the token."""
         text = self._password.redact(text)
-        if self._token is not None:
-            text = text.replace(self._token.value, REDACTED)
-        return text
+        return redact_text(text, [self._token.value if self._token is not None else None])
 
     async def _fetch(self, password: str) -> IssuedToken:
         self.fetches += 1
@@ -371,7 +371,7 @@ class _Backoff:
         low, high = REJECTED_BACKOFF if error.rejected else UNAVAILABLE_BACKOFF
         same_kind = self.error is not None and self.error.rejected == error.rejected
         self.failures = self.failures + 1 if same_kind else 1
-        delay = min(high, low * 2.0 ** (self.failures - 1))
+        delay = capped_exponential(self.failures - 1, base=low, cap=high)
         self.error = error
         self._next = now + delay
         self._password_version = password_version

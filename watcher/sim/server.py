@@ -10,6 +10,7 @@ from typing import TextIO
 from aiohttp import web
 
 from watcher.clock import Clock, RealClock
+from watcher.config import parse_listen
 from watcher.sim.scenario import builtin_scenario, load_scenario
 from watcher.sim.simulator import Simulator
 
@@ -55,15 +56,6 @@ async def serve(sim: Simulator, host: str = "127.0.0.1", port: int = 0) -> SimSe
     return SimServer(sim, runner, f"http://{shown_host}:{bound_port}")
 
 
-def parse_listen(listen: str) -> tuple[str, int]:
-    """HOST:PORT (or [IPv6]:PORT) into its parts; ValueError naming the expected form."""
-    host, sep, port_text = listen.strip().rpartition(":")
-    host = host.removeprefix("[").removesuffix("]")
-    if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
-        raise ValueError(f"invalid listen address {listen!r}: expected HOST:PORT")
-    return host or "127.0.0.1", int(port_text)
-
-
 async def run_simulator(
     listen: str,
     scenario: Path | None,
@@ -77,7 +69,10 @@ async def run_simulator(
     Prints one line with the base URL, project ID and token to use once listening.
     Raises ValueError for a bad listen address or scenario, OSError if the port is taken.
     """
-    host, port = parse_listen(listen)
+    try:
+        host, port = parse_listen(listen.strip(), default_host="127.0.0.1")
+    except ValueError as error:
+        raise ValueError(f"invalid listen address {listen!r}: {error}") from None
     loaded = load_scenario(scenario) if scenario is not None else builtin_scenario("demo")
     sim = loaded.build(clock or RealClock())
     async with sim.running(host, port) as base_url:
