@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import structlog
 
+from tests.daemon_process import kill_leftovers
 from tests.support import World
 from watcher.cbr.auth import TokenAuthenticator
 from watcher.cbr.client import CbrClient
@@ -34,6 +35,15 @@ def _reset_structlog() -> Generator[None, None, None]:
     structlog.reset_defaults()
     yield
     structlog.reset_defaults()
+
+
+@pytest.fixture(autouse=True)
+def _no_leaked_processes() -> Generator[None, None, None]:
+    """A test must end every process it starts; any it left running is killed and reported."""
+    yield
+    leaked = kill_leftovers()
+    if leaked:
+        pytest.fail(f"the test left processes running (now killed): {leaked}", pytrace=False)
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,15 @@ from watcher.clock import FakeClock, drive_until
 from watcher.engine import Engine
 from watcher.schedule import Policy
 from watcher.sim import Simulator
+
+
+def fake_clock_now() -> FakeClock:
+    """A FakeClock that starts at the real time, for a simulator serving a real daemon.
+
+    The daemon runs on real time and compares the simulator's timestamps with its own wall
+    clock; the tasks still move only when the test advances this clock.
+    """
+    return FakeClock(start_wall=time.time(), start_monotonic=time.monotonic())
 
 
 @dataclass

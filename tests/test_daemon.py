@@ -10,7 +10,6 @@ import asyncio
 import json
 import os
 import signal
-import subprocess
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -18,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.daemon_process import json_lines, run_cli
+from tests.daemon_process import json_lines, run_cli, spawned
 from watcher.clock import RealClock
 from watcher.sim import SimTaskSpec, Simulator
 
@@ -98,25 +97,17 @@ async def test_sigterm_stops_cleanly_with_exit_0(live_sim: tuple[Simulator, str]
     """SIGTERM while watching a long task: graceful stop, exit 0, a stop line in the log."""
     sim, base_url = live_sim
     task_id = sim.add_task(SimTaskSpec(id="long", waiting=0.1, running=3600))
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "watcher",
-        "run",
-        "--task",
-        task_id,
-        env=daemon_env(sim, base_url),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    assert proc.stdout is not None
-    while True:
-        line = await asyncio.wait_for(proc.stdout.readline(), 30)
-        assert line, "daemon exited early"
-        if json.loads(line).get("status") == "running":
-            break
-    proc.send_signal(signal.SIGTERM)
-    rest, err = await asyncio.wait_for(proc.communicate(), 30)
+    async with spawned(
+        sys.executable, "-m", "watcher", "run", "--task", task_id, env=daemon_env(sim, base_url)
+    ) as proc:
+        assert proc.stdout is not None
+        while True:
+            line = await asyncio.wait_for(proc.stdout.readline(), 30)
+            assert line, "daemon exited early"
+            if json.loads(line).get("status") == "running":
+                break
+        proc.send_signal(signal.SIGTERM)
+        rest, err = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode == 0, err.decode()
     events = [line["event"] for line in json_lines(rest.decode())]
     assert events[0] == "daemon.stopping"
@@ -133,33 +124,25 @@ async def test_sighup_rereads_the_task_file(
     task_file = tmp_path / "tasks.txt"
     task_file.write_text(f"# watched tasks\n{first}\n")
     env = daemon_env(sim, base_url, CBR_WATCHER_WATCH__TASK_FILE=str(task_file))
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "watcher",
-        "run",
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    assert proc.stdout is not None
-    try:
-        seen: list[dict[str, Any]] = []
+    async with spawned(sys.executable, "-m", "watcher", "run", env=env) as proc:
+        assert proc.stdout is not None
+        try:
+            seen: list[dict[str, Any]] = []
 
-        async def wait_for(event: str, task_id: str) -> None:
-            assert proc.stdout is not None
-            while not any(e["event"] == event and e.get("task_id") == task_id for e in seen):
-                line = await asyncio.wait_for(proc.stdout.readline(), 30)
-                assert line, "daemon exited early"
-                seen.append(json.loads(line))
+            async def wait_for(event: str, task_id: str) -> None:
+                assert proc.stdout is not None
+                while not any(e["event"] == event and e.get("task_id") == task_id for e in seen):
+                    line = await asyncio.wait_for(proc.stdout.readline(), 30)
+                    assert line, "daemon exited early"
+                    seen.append(json.loads(line))
 
-        await wait_for("task.status_changed", first)
-        task_file.write_text(f"{first}\n{second}  # added later\n")
-        proc.send_signal(signal.SIGHUP)
-        await wait_for("task.status_changed", second)
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        await asyncio.wait_for(proc.communicate(), 30)
+            await wait_for("task.status_changed", first)
+            task_file.write_text(f"{first}\n{second}  # added later\n")
+            proc.send_signal(signal.SIGHUP)
+            await wait_for("task.status_changed", second)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode == 0
 
 

@@ -14,6 +14,7 @@ A missing tool skips its test with the reason; CI has every tool and turns skips
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
 import json
 import os
@@ -34,6 +35,7 @@ import pytest
 import yaml  # type: ignore[import-untyped]
 from pydantic import BaseModel, SecretStr
 
+from tests.daemon_process import reap, spawn
 from watcher.clock import RealClock
 from watcher.config import (
     ENV_PREFIX,
@@ -456,10 +458,7 @@ async def test_sidecar_app_script_registers_tasks_with_the_real_daemon(
         "CBR_WATCHER_STATE__PATH": str(tmp_path / "state.db"),
         "CBR_WATCHER_LOG__FORMAT": "json",
     })
-    daemon = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "watcher", "run",
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-    )
+    daemon = await spawn(sys.executable, "-m", "watcher", "run", env=env)
     app: asyncio.subprocess.Process | None = None
     try:
         assert daemon.stdout is not None
@@ -478,10 +477,9 @@ async def test_sidecar_app_script_registers_tasks_with_the_real_daemon(
         assert "/run/secrets/cbr-watcher-api/api-token" in script
         script = script.replace("http://127.0.0.1:9472", api_url)
         script = script.replace("/run/secrets/cbr-watcher-api/api-token", str(token_file))
-        app = await asyncio.create_subprocess_exec(
+        app = await spawn(
             sh, "-c", script,
             env={"PATH": os.environ["PATH"], "TASK_IDS": task_id, "POD_NAME": "backup-app-0"},
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         )
         headers = {"Authorization": f"Bearer {api_token}"}
         async with aiohttp.ClientSession(headers=headers) as session:
@@ -499,11 +497,14 @@ async def test_sidecar_app_script_registers_tasks_with_the_real_daemon(
         _, app_err = await asyncio.wait_for(app.communicate(), 30)
         assert app.returncode == 0, app_err.decode()
     finally:
-        if app is not None and app.returncode is None:
-            app.kill()
-            await app.wait()
-        daemon.send_signal(signal.SIGTERM)
-        _, err = await asyncio.wait_for(daemon.communicate(), 30)
+        try:
+            if app is not None:
+                await reap(app, signum=signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                daemon.send_signal(signal.SIGTERM)
+            _, err = await asyncio.wait_for(daemon.communicate(), 30)
+        finally:
+            await reap(daemon)
     assert daemon.returncode == 0, err.decode()
 
 

@@ -26,7 +26,7 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.daemon_process import DaemonProcess
+from tests.daemon_process import DaemonProcess, die_with_parent, spawned
 from tests.support import TestReceiver
 from watcher.clock import RealClock
 from watcher.sim import SimTaskSpec, Simulator
@@ -141,11 +141,9 @@ async def live(tmp_path: Path) -> AsyncIterator[tuple[Simulator, DaemonProcess, 
     task_file.write_text("")
     async with sim.running() as base_url, TestReceiver() as receiver:
         daemon = DaemonProcess(daemon_env(sim, base_url, task_file, receiver.url))
-        await daemon.start()
-        url = await daemon.url("server.listening")
-        try:
+        async with daemon:
+            url = await daemon.url("server.listening")
             yield sim, daemon, url, task_file
-        finally:
             await daemon.stop()
 
 
@@ -321,15 +319,15 @@ async def test_live_scrape_is_lint_clean_and_has_every_metric(
             )
 
         await eventually(settled, "both short tasks to finish and the long one to run")
-    promtool = await asyncio.create_subprocess_exec(
+    async with spawned(
         PROMTOOL,
         "check",
         "metrics",
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
-    )
-    output, _ = await promtool.communicate(text.encode())
+    ) as promtool:
+        output, _ = await asyncio.wait_for(promtool.communicate(text.encode()), 60)
     assert promtool.returncode == 0, output.decode()
     assert output.decode() == ""
 
@@ -385,6 +383,7 @@ class PrometheusServer:
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                preexec_fn=die_with_parent,  # Ctrl-C skips stop(); the kernel still ends it
             )
 
     def stop(self) -> None:

@@ -11,7 +11,6 @@ import json
 import os
 import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import uuid
@@ -21,6 +20,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from tests.daemon_process import reap, spawn
 from tests.support import Running, World, make_engine
 from watcher.clock import RealClock
 from watcher.sim import SimTaskSpec, Simulator
@@ -284,10 +284,9 @@ async def test_daemon_speaks_sd_notify(
     sim, base_url = live_sim
     long_id = sim.add_task(SimTaskSpec(id="long", waiting=0.1, running=3600))
     short_id = sim.add_task(SimTaskSpec(id="short", waiting=0.1, running=0.5))
-    proc = await asyncio.create_subprocess_exec(
+    proc = await spawn(
         sys.executable, "-m", "watcher", "run", "--task", long_id, "--task", short_id,
         env=systemd_env(sim, base_url, receiver.env_value, tmp_path),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )
     messages: list[str] = []
     signalled = False
@@ -312,9 +311,12 @@ async def test_daemon_speaks_sd_notify(
         while "STOPPING=1" not in lines_of(messages):
             messages.append(await receiver.next())
     finally:
-        if not signalled:
-            proc.send_signal(signal.SIGTERM)
-        _, err = await asyncio.wait_for(proc.communicate(), 30)
+        try:
+            if not signalled and proc.returncode is None:
+                proc.send_signal(signal.SIGTERM)
+            _, err = await asyncio.wait_for(proc.communicate(), 30)
+        finally:
+            await reap(proc)
     messages.extend(receiver.pending())
     assert proc.returncode == 0, err.decode()
 

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import gzip
 import json
+import logging
 import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
 import pytest
+import structlog
 from aiohttp import web
 
 from tests.daemon_process import DaemonProcess
@@ -18,7 +22,7 @@ from tests.test_crash import env_for
 from watcher.clock import RealClock
 from watcher.sim import SimTaskSpec, Simulator
 from watcher.store import Store
-from watcher.task_api import make_task_api
+from watcher.task_api import MAX_BODY, TaskApiRunner, make_task_api
 
 API_TOKEN = "api-token-for-tests"
 
@@ -28,7 +32,7 @@ async def api(world: World) -> AsyncIterator[tuple[str, Store, World]]:
     """The task API over an engine on the world's fake clock, served on a real socket."""
     store = await Store.open(":memory:")
     engine = make_engine(world)
-    runner = web.AppRunner(make_task_api(engine, store, api_token=API_TOKEN), access_log=None)
+    runner = TaskApiRunner(make_task_api(engine, store, api_token=API_TOKEN), access_log=None)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()
     world.engine = engine  # type: ignore[attr-defined]
@@ -92,6 +96,201 @@ async def test_bad_requests_get_json_errors(
         assert (await response.json())["error"]["code"] == code
 
 
+DEEP = b"[" * 20_000 + b"]" * 20_000
+GZIP = {"Content-Encoding": "gzip"}
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "headers", "status", "code"),
+    [
+        pytest.param("PUT", "/v1/tasks/ok", DEEP, {}, 400, "invalid_body", id="deep-nesting"),
+        pytest.param(
+            "PUT", "/v1/tasks/ok", b'{"labels":' * 5000, {}, 400, "invalid_body", id="deep-open"
+        ),
+        pytest.param("PUT", "/v1/tasks/ok", b"not gzip", GZIP, 400, "invalid_body", id="gzip"),
+        pytest.param(
+            "PUT",
+            "/v1/tasks/ok",
+            b"\x78\x9cnot deflate",
+            {"Content-Encoding": "deflate"},
+            400,
+            "invalid_body",
+            id="deflate",
+        ),
+        pytest.param(
+            "PUT",
+            "/v1/tasks/ok",
+            b"x",
+            {"Content-Encoding": "br"},
+            415,
+            "unsupported_encoding",
+            id="unsupported-encoding",
+        ),
+        pytest.param("GET", "/v1/tasks/" + "x" * 10_000, None, {}, 400, "bad_request", id="10k-id"),
+        pytest.param("PUT", "/v1/tasks/" + "y" * 5_000, None, {}, 400, "invalid_task_id", id="5k"),
+        pytest.param(
+            "PUT",
+            "/v1/tasks/ok",
+            b'{"labels": {"k": "\xff"}}',
+            {},
+            400,
+            "invalid_body",
+            id="latin1",
+        ),
+        pytest.param(
+            "PUT",
+            "/v1/tasks/ok",
+            '{"labels": {"k": "caf\u00e9"}}'.encode("utf-16"),
+            {},
+            400,
+            "invalid_body",
+            id="utf16",
+        ),
+        pytest.param(
+            "PUT",
+            "/v1/tasks/ok",
+            b'{"labels": {"k": "\\ud800"}}',
+            {},
+            400,
+            "invalid_labels",
+            id="lone-surrogate",
+        ),
+        pytest.param(
+            "PUT",
+            "/v1/tasks/ok",
+            b'{"labels": {"\\udfff": "v"}}',
+            {},
+            400,
+            "invalid_labels",
+            id="surrogate-key",
+        ),
+        pytest.param("PUT", "/v1/tasks/ok", b"42", {}, 400, "invalid_body", id="number"),
+        pytest.param("PUT", "/v1/tasks/ok", b"[1, 2]", {}, 400, "invalid_body", id="array"),
+        pytest.param("PUT", "/v1/tasks/ok", b'"labels"', {}, 400, "invalid_body", id="string"),
+        pytest.param("PUT", "/v1/tasks/ok", b"null", {}, 400, "invalid_body", id="null"),
+        pytest.param("PUT", "/v1/tasks/ok", b"NaN", {}, 400, "invalid_body", id="nan"),
+        pytest.param(
+            "PUT", "/v1/tasks/ok", b'{"labels": null}', {}, 400, "invalid_labels", id="null-labels"
+        ),
+        pytest.param(
+            "PUT", "/v1/tasks/ok", b'{"labels": 7}', {}, 400, "invalid_labels", id="number-labels"
+        ),
+        pytest.param(
+            "PUT",
+            "/v1/tasks/ok",
+            b'{"labels": {"k": "' + b"v" * MAX_BODY + b'"}}',
+            {},
+            413,
+            "body_too_large",
+            id="oversized",
+        ),
+        pytest.param(
+            "PUT",
+            "/v1/tasks/ok",
+            gzip.compress(b'{"labels": {"k": "' + b"v" * (2 * MAX_BODY) + b'"}}'),
+            GZIP,
+            413,
+            "body_too_large",
+            id="gzip-bomb",
+        ),
+        pytest.param("PATCH", "/v1/tasks/ok", None, {}, 405, "method_not_allowed", id="patch"),
+        pytest.param("POST", "/v1/tasks", None, {}, 405, "method_not_allowed", id="post"),
+        pytest.param("FROB", "/v1/tasks/ok", None, {}, 400, "bad_request", id="unknown-method"),
+        pytest.param("GET", "/v2/elsewhere", None, {}, 404, "not_found", id="unknown-route"),
+        pytest.param(
+            "GET", "/v1/tasks", None, {"X-Huge": "h" * 20_000}, 400, "bad_request", id="huge-header"
+        ),
+        pytest.param(
+            "GET",
+            "/v1/tasks",
+            None,
+            {f"X-Many-{n}": "v" for n in range(200)},
+            400,
+            "bad_request",
+            id="many-headers",
+        ),
+    ],
+)
+async def test_garbage_is_a_4xx_json_error_without_traceback(
+    api: tuple[str, Store, World],
+    caplog: pytest.LogCaptureFixture,
+    method: str,
+    path: str,
+    body: bytes | None,
+    headers: dict[str, str],
+    status: int,
+    code: str,
+) -> None:
+    """Bodies, IDs, encodings, methods and headers the API cannot use: a 4xx JSON error, the
+    same shape as every other error, and nothing logged with a traceback."""
+    url, store, world = api
+    caplog.set_level(logging.DEBUG)
+    async with aiohttp.ClientSession(headers=AUTH, auto_decompress=False) as http:
+        response = await http.request(
+            method, url + path, data=body, headers=headers, skip_auto_headers=["Content-Encoding"]
+        )
+        assert response.status == status
+        assert response.content_type == "application/json"
+        error = (await response.json())["error"]
+        assert error["code"] == code
+        assert isinstance(error["message"], str)
+        assert error["message"]
+        # The API still works afterwards (on a new connection if this one was closed).
+        assert (await http.get(f"{url}/v1/tasks")).status == 200
+    assert [r for r in caplog.records if r.exc_info] == []
+    assert await store.load_tasks() == []
+    assert world.engine.tasks == {}  # type: ignore[attr-defined]
+
+
+async def test_an_unexpected_error_is_a_json_500_and_one_log_line(
+    api: tuple[str, Store, World],
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A bug behind a route answers 500 {"error": {"code": "internal"}}: no traceback in the
+    answer or the log, one structured error line naming the exception."""
+    url, store, _ = api
+
+    async def broken_save(*_args: object) -> None:
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(store, "save", broken_save)
+    with structlog.testing.capture_logs() as logs:
+        async with aiohttp.ClientSession(headers=AUTH) as http:
+            response = await http.put(f"{url}/v1/tasks/t-1")
+            assert response.status == 500
+            body = await response.json()
+    assert body["error"]["code"] == "internal"
+    assert "Traceback" not in json.dumps(body)
+    assert "disk on fire" not in json.dumps(body)
+    [line] = [entry for entry in logs if entry["event"] == "task_api.internal_error"]
+    assert line["error"] == "RuntimeError: disk on fire"
+    assert line["path"] == "/v1/tasks/t-1"
+    assert "exc_info" not in line
+    assert [r for r in caplog.records if r.exc_info] == []
+
+
+async def test_a_non_utf8_authorization_header_is_401_not_500(
+    api: tuple[str, Store, World],
+) -> None:
+    """Header bytes that are not UTF-8 reach the token check intact and simply do not match."""
+    url, _, _ = api
+    host, port = url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(
+            b"GET /v1/tasks HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \xff\xfe\r\n"
+            b"Connection: close\r\n\r\n"
+        )
+        await writer.drain()
+        raw = await asyncio.wait_for(reader.read(), 30)
+    finally:
+        writer.close()
+    head, _, payload = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 401")
+    assert json.loads(payload)["error"]["code"] == "unauthorized"
+
+
 @pytest.mark.parametrize("header", [None, "Bearer wrong", f"Basic {API_TOKEN}"])
 async def test_bearer_token_is_required(api: tuple[str, Store, World], header: str | None) -> None:
     """Without the right bearer token every route answers 401 and changes nothing."""
@@ -132,58 +331,61 @@ async def test_end_to_end_labels_restart_delete(tmp_path: Path) -> None:
         env["CBR_WATCHER_SERVER__API_TOKEN"] = API_TOKEN
         env["CBR_WATCHER_LOG__LEVEL"] = "info"
 
-        first = DaemonProcess(env)
-        await first.start()
-        url = await first.url("task_api.listening")
-        async with aiohttp.ClientSession() as http:
-            assert (await http.put(f"{url}/v1/tasks/api-quick")).status == 401
-            bad = await http.put(f"{url}/v1/tasks/a%2Fb", headers=AUTH)
-            assert bad.status == 400
-            for task_id in ("api-quick", "api-long"):
-                response = await http.put(
-                    f"{url}/v1/tasks/{task_id}",
-                    headers=AUTH,
-                    json={"labels": {"app": "billing", "job": task_id}},
-                )
-                assert response.status == 201
-        await first.wait_for(
-            lambda: any(json.loads(h.body)["type"] == "task.succeeded" for h in receiver.delivered),
-            "the quick task's webhook",
-        )
-        succeeded = next(
-            json.loads(h.body)
-            for h in receiver.delivered
-            if json.loads(h.body)["type"] == "task.succeeded"
-        )
-        assert succeeded["data"]["labels"] == {"app": "billing", "job": "api-quick"}
-        assert await first.kill(signal.SIGTERM) == 0
-
-        second = DaemonProcess(env)
-        await second.start()
-        url = await second.url("task_api.listening")
-        await second.wait_for(
-            lambda: second.logged("task.resumed", task_id="api-long"), "api-long resumed"
-        )
-        metrics_url = await second.url("server.listening")
-        async with aiohttp.ClientSession(headers=AUTH) as http:
-            watched = await (await http.get(f"{url}/v1/tasks/api-long")).json()
-            assert watched["labels"] == {"app": "billing", "job": "api-long"}
-            await second.wait_for(
-                lambda: sim.request_count("api-long") > 0, "a poll of api-long after restart"
+        async with DaemonProcess(env) as first:
+            url = await first.url("task_api.listening")
+            async with aiohttp.ClientSession() as http:
+                assert (await http.put(f"{url}/v1/tasks/api-quick")).status == 401
+                bad = await http.put(f"{url}/v1/tasks/a%2Fb", headers=AUTH)
+                assert bad.status == 400
+                for task_id in ("api-quick", "api-long"):
+                    response = await http.put(
+                        f"{url}/v1/tasks/{task_id}",
+                        headers=AUTH,
+                        json={"labels": {"app": "billing", "job": task_id}},
+                    )
+                    assert response.status == 201
+            await first.wait_for(
+                lambda: any(
+                    json.loads(h.body)["type"] == "task.succeeded" for h in receiver.delivered
+                ),
+                "the quick task's webhook",
             )
-            exposition = await (await http.get(f"{metrics_url}/metrics")).text()
-            [info] = [
-                line
-                for line in exposition.splitlines()
-                if line.startswith("cbr_watcher_task_info") and 'task_id="api-long"' in line
-            ]
-            assert 'label_app="billing"' in info
-            assert 'label_job="api-long"' in info
-            assert (await http.delete(f"{url}/v1/tasks/api-long")).status == 204
-            polls = sim.request_count("api-long")
-            assert (await http.put(f"{url}/v1/tasks/api-other")).status == 201
-        # Another task polled five times shows the daemon kept going; the deleted one stayed put.
-        await second.wait_for(lambda: sim.request_count("api-other") >= 5, "polls of api-other")
-        # At most the one request that was already on the wire when DELETE answered.
-        assert sim.request_count("api-long") <= polls + 1
-        assert await second.kill(signal.SIGTERM) == 0
+            succeeded = next(
+                json.loads(h.body)
+                for h in receiver.delivered
+                if json.loads(h.body)["type"] == "task.succeeded"
+            )
+            assert succeeded["data"]["labels"] == {"app": "billing", "job": "api-quick"}
+            assert await first.kill(signal.SIGTERM) == 0
+
+        polls_before_restart = sim.request_count("api-long")
+        async with DaemonProcess(env) as second:
+            url = await second.url("task_api.listening")
+            await second.wait_for(
+                lambda: second.logged("task.resumed", task_id="api-long"), "api-long resumed"
+            )
+            metrics_url = await second.url("server.listening")
+            async with aiohttp.ClientSession(headers=AUTH) as http:
+                watched = await (await http.get(f"{url}/v1/tasks/api-long")).json()
+                assert watched["labels"] == {"app": "billing", "job": "api-long"}
+                await second.wait_for(
+                    lambda: sim.request_count("api-long") > polls_before_restart,
+                    "a poll of api-long after restart",
+                )
+                exposition = await (await http.get(f"{metrics_url}/metrics")).text()
+                [info] = [
+                    line
+                    for line in exposition.splitlines()
+                    if line.startswith("cbr_watcher_task_info") and 'task_id="api-long"' in line
+                ]
+                assert 'label_app="billing"' in info
+                assert 'label_job="api-long"' in info
+                assert (await http.delete(f"{url}/v1/tasks/api-long")).status == 204
+                polls = sim.request_count("api-long")
+                assert (await http.put(f"{url}/v1/tasks/api-other")).status == 201
+            # Another task polled five times shows the daemon kept going; the deleted one
+            # stayed put.
+            await second.wait_for(lambda: sim.request_count("api-other") >= 5, "polls of api-other")
+            # At most the one request that was already on the wire when DELETE answered.
+            assert sim.request_count("api-long") <= polls + 1
+            assert await second.kill(signal.SIGTERM) == 0

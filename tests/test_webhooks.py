@@ -6,8 +6,6 @@ import asyncio
 import base64
 import json
 import os
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -16,6 +14,7 @@ from typing import Any
 import pytest
 import standardwebhooks
 
+from tests.daemon_process import run_cli
 from tests.support import TestReceiver
 from watcher.cbr.models import OperationLog
 from watcher.clock import FakeClock, drive_until
@@ -376,19 +375,7 @@ async def run_webhook_test(name: str, receiver_url: str) -> tuple[int, str, str]
     env["CBR_WATCHER_WEBHOOKS"] = json.dumps(
         [{"name": "ops", "url": receiver_url, "secret": SECRET}]
     )
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "watcher",
-        "webhook-test",
-        name,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
+    return await run_cli("webhook-test", name, env=env)
 
 
 async def test_webhook_test_command() -> None:
