@@ -41,7 +41,8 @@ def test_jitter_spreads_tasks_apart() -> None:
 
 
 def test_a_change_resets_to_the_minimum() -> None:
-    """Progress or status movement brings the cadence back to poll_interval_min."""
+    """Without progress samples (no status/now given, or a task without progress), movement
+    brings the cadence back to poll_interval_min. Tasks with progress: tests/test_cadence.py."""
     rng = random.Random(3)
     state = PollState(quiet_polls=9, error_streak=2)
     decision = schedule.after_success(POLICY, state, changed=True, rng=rng)

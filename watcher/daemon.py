@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import random
 import signal
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Collection, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,9 +21,10 @@ from watcher.cbr.iam import PasswordAuthenticator, TokenListener
 from watcher.clock import Clock, RealClock
 from watcher.config import Settings, parse_listen
 from watcher.engine import Engine, TaskRecorder, discard_records
-from watcher.events import EventSink, discard_events
+from watcher.events import EventSink, TaskEvent, discard_events
 from watcher.metrics import Metrics
-from watcher.persistence import StateRecorder, restore
+from watcher.payloads import rfc3339
+from watcher.persistence import StateRecorder, restore, to_watched
 from watcher.server import Health, start_metrics_listener
 from watcher.store import Store
 from watcher.systemd import SystemdNotifier
@@ -36,6 +37,8 @@ log = structlog.get_logger("watcher.daemon")
 TASK_FILE_CHECK_INTERVAL = 5.0
 EXIT_DRAIN_TIMEOUT = 30.0
 """With --exit-when-done, how long to wait for webhooks before exiting (the rest stay queued)."""
+AUTH_CHECK_INTERVAL = 1.0
+"""With --exit-when-done, how often to look whether credentials have failed for too long."""
 
 
 def build_authenticator(
@@ -85,6 +88,7 @@ def build_policy(settings: Settings) -> schedule.Policy:
         interval_max=watch.poll_interval_max,
         deadline=watch.deadline,
         not_found_grace=watch.not_found_grace,
+        progress_interval=watch.progress_interval,
     )
 
 
@@ -201,13 +205,20 @@ async def run_daemon(
     on_event: EventSink = discard_events,
     install_signal_handlers: bool = True,
     started: Callable[[DaemonHandle], None] | None = None,
+    only_tasks: Collection[str] | None = None,
 ) -> int:
     """Run the watcher until SIGTERM/SIGINT (exit 0) or, with exit_when_done, until all ended.
+
+    With exit_when_done the exit code covers every task the run was asked for (also those
+    that ended in an earlier run on the same state file), or only `only_tasks` (`--task`)
+    when given: the run then ends once those ended, whatever else it watches. Credentials
+    rejected for `watch.auth_failure_timeout` end such a run with exit 1.
 
     Start-up order: configuration → state restored → tasks loaded → listeners bound →
     READY=1. Everything started is stopped in reverse order, also when start-up fails.
     """
     clock = clock or RealClock()
+    scope = _ExitScope(only_tasks)
     metrics = Metrics(
         clock=clock,
         retention=settings.metrics.retention,
@@ -241,9 +252,10 @@ async def run_daemon(
             settings,
             client,
             clock,
-            on_event=metrics.wrap_sink(on_event),
+            on_event=scope.wrap(metrics.wrap_sink(on_event)),
             record=StateRecorder(store, deliverer),
         )
+        scope.engine = engine
         metrics.attach(engine)
         health.watch_loop(engine)
         health.check("store", lambda: engine.store_failing_since is None)
@@ -289,6 +301,9 @@ async def run_daemon(
             _background(stack, task_file.follow(clock), "task file")
         if engine.exit_when_done and not engine.tasks:
             log.warning("daemon.nothing_to_watch")
+        if engine.exit_when_done:
+            scope.stop_if_done()
+            _background(stack, _give_up_on_auth(engine, clock, settings, scope), "auth timeout")
         log.info(
             "daemon.started",
             tasks=len(engine.tasks),
@@ -303,10 +318,16 @@ async def run_daemon(
         _background(stack, notifier.run(), "systemd notify")
         stack.callback(notifier.stopping)
         await engine.run()
-        if deliverer is not None and engine.exit_when_done and engine.all_done():
+        finished = engine.all_done() or scope.done()
+        if deliverer is not None and engine.exit_when_done and finished:
             await deliverer.wait_drained(EXIT_DRAIN_TIMEOUT)
+        outcomes = await scope.outcomes(settings, store) if engine.exit_when_done else []
     _log_summary(engine)
-    return engine.exit_code() if engine.exit_when_done else 0
+    if not engine.exit_when_done:
+        return 0
+    code = 1 if scope.auth_gave_up else engine.exit_code(task_id for task_id, _, _ in outcomes)
+    _log_outcomes(outcomes, code)
+    return code
 
 
 def _background(
@@ -367,3 +388,123 @@ def _log_summary(engine: Engine) -> None:
         failed_polls=engine.stats.polls_failed,
         **{f"tasks_{key}": count for key, count in sorted(outcomes.items())},
     )
+
+
+class _ExitScope:
+    """The tasks an `--exit-when-done` run answers for, and when it is done with them."""
+
+    def __init__(self, only_tasks: Collection[str] | None) -> None:
+        self.only = list(dict.fromkeys(only_tasks)) if only_tasks else None
+        self.engine: Engine | None = None
+        self.ended_here: dict[str, None] = {}
+        """Tasks whose watch ended in this run (ordered), also once the table forgot them."""
+        self.auth_gave_up = False
+
+    def wrap(self, sink: EventSink) -> EventSink:
+        """`sink`, after noting the outcome of every watch that ends."""
+
+        async def noting(event: TaskEvent) -> None:
+            engine = self.engine
+            task = engine.tasks.get(event.task_id) if engine is not None else None
+            if engine is not None and task is not None and task.ended:
+                # Remembered beyond the table's retention, which may drop it before the end.
+                engine.mark_ended({task.task_id: task.end_reason})
+                self.ended_here[task.task_id] = None
+            await sink(event)
+            self.stop_if_done()
+
+        return noting
+
+    def done(self) -> bool:
+        """Whether every task named with `--task` has an outcome (False without `--task`)."""
+        engine = self.engine
+        if self.only is None or engine is None:
+            return False
+        return all(engine.outcome(task_id) is not None for task_id in self.only)
+
+    def stop_if_done(self) -> None:
+        """With `--task`, stop the engine once those tasks ended (the rest need not)."""
+        engine = self.engine
+        if engine is not None and engine.exit_when_done and self.done():
+            engine.stop()
+
+    def asked(self, settings: Settings) -> list[str]:
+        """The `--task` IDs; else every configured, task-file, watched or ended-here task."""
+        if self.only is not None:
+            return list(self.only)
+        ids = dict.fromkeys(settings.watch.tasks)
+        if settings.watch.task_file:
+            with contextlib.suppress(OSError, InvalidTaskIdError):
+                text = Path(settings.watch.task_file).read_text(encoding="utf-8")
+                ids.update(dict.fromkeys(parse_task_file(text)))
+        if self.engine is not None:
+            ids.update(dict.fromkeys(self.engine.tasks))
+        ids.update(self.ended_here)
+        return list(ids)
+
+    async def outcomes(
+        self, settings: Settings, store: Store
+    ) -> list[tuple[str, str | None, str | None]]:
+        """(task ID, outcome or None, CBR's ended_at) of every task asked for."""
+        engine = self.engine
+        assert engine is not None
+        result: list[tuple[str, str | None, str | None]] = []
+        stored: dict[str, str | None] | None = None
+        for task_id in self.asked(settings):
+            task = engine.tasks.get(task_id)
+            if task is None:
+                if stored is None:
+                    stored = await _stored_ended_at(store)
+                ended_at = stored.get(task_id)
+            else:
+                log_ = task.operation_log
+                ended_at = rfc3339(log_.ended_at) if log_ is not None else None
+            result.append((task_id, engine.outcome(task_id), ended_at))
+        return result
+
+
+async def _stored_ended_at(store: Store) -> dict[str, str | None]:
+    """CBR's ended_at of every task in the store (empty when the store cannot answer)."""
+    try:
+        records = await store.load_tasks()
+    except Exception as error:  # the summary must not hide the exit code
+        log.warning("run.summary_incomplete", error=str(error)[:200])
+        return {}
+    ended: dict[str, str | None] = {}
+    for record in records:
+        log_ = to_watched(record).operation_log
+        ended[record.task_id] = rfc3339(log_.ended_at) if log_ is not None else None
+    return ended
+
+
+async def _give_up_on_auth(
+    engine: Engine, clock: Clock, settings: Settings, scope: _ExitScope
+) -> None:
+    """Stop the engine once CBR has rejected the credentials for `watch.auth_failure_timeout`."""
+    limit = settings.watch.auth_failure_timeout
+    while True:
+        since, now = engine.auth_failing_since, clock.monotonic()
+        if since is not None and now - since >= limit:
+            error = engine.last_auth_error
+            log.error(
+                "run.auth_failed",
+                auth_method=settings.auth.method,
+                error_code=(error.error_code or error.code_label) if error else None,
+                failing_seconds=round(now - since, 3),
+                detail="CBR kept rejecting the credentials for watch.auth_failure_timeout",
+            )
+            scope.auth_gave_up = True
+            engine.stop()
+            return
+        await clock.sleep(min(AUTH_CHECK_INTERVAL, limit) if since is None else since + limit - now)
+
+
+def _log_outcomes(outcomes: list[tuple[str, str | None, str | None]], code: int) -> None:
+    counts: dict[str, int] = {}
+    for task_id, outcome, ended_at in outcomes:
+        shown = outcome or "unfinished"
+        counts[shown] = counts.get(shown, 0) + 1
+        report = log.info if outcome == "success" else log.warning
+        report("run.task_outcome", task_id=task_id, outcome=shown, ended_at=ended_at)
+    report = log.info if code == 0 else log.warning
+    report("run.outcome", exit_code=code, tasks=len(outcomes), **dict(sorted(counts.items())))

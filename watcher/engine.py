@@ -117,6 +117,10 @@ class EngineStats:
         default_factory=lambda: Counter(dict.fromkeys(INTERNAL_COMPONENTS, 0))
     )
     """Unexpected exceptions survived, by component (see INTERNAL_COMPONENTS)."""
+    poll_reasons: Counter[str] = field(
+        default_factory=lambda: Counter(dict.fromkeys(map(str, schedule.Reason), 0))
+    )
+    """Scheduled polls by why they wait as long as they do (`schedule.Reason` values)."""
 
 
 class Engine:
@@ -164,6 +168,14 @@ class Engine:
         self._ended_ids: set[str] = set()
         self.store_failing_since: float | None = None
         """Monotonic time of the first failed state write in the current streak, or None."""
+        self._stored_outcomes: dict[str, str | None] = {}
+        self.auth_failing_since: float | None = None
+        """Monotonic time of the first 401 of the current streak; None once a poll succeeds."""
+        self.last_auth_error: CbrError | None = None
+        """The latest 401 CBR answered (kept after recovery, for messages)."""
+        self.auth_failed_after_reload = False
+        """Whether, in the current streak, a 401 came back on the retry made right after
+        reloading the credentials: they are rejected, not merely stale."""
 
     # ---- the task table -------------------------------------------------------------------
 
@@ -197,9 +209,20 @@ class Engine:
         log.info("task.watching", task_id=task_id, source=source)
         return True
 
-    def mark_ended(self, task_ids: Iterable[str]) -> None:
-        """Tasks known to have ended (in an earlier run): `add` will not watch them again."""
-        self._ended_ids.update(task_ids)
+    def mark_ended(self, outcomes: Mapping[str, str | None] | Iterable[str]) -> None:
+        """Tasks known to have ended (in an earlier run): `add` will not watch them again.
+
+        Given a mapping of task ID → outcome (the stored `end_reason`), `exit_code` and
+        `outcome` count those outcomes for tasks that are not in the table.
+        """
+        if isinstance(outcomes, Mapping):
+            self._stored_outcomes.update(outcomes)
+            self._ended_ids.update(outcomes.keys())
+        else:
+            ids = list(outcomes)
+            self._ended_ids.update(ids)
+            for task_id in ids:
+                self._stored_outcomes.setdefault(task_id, None)
 
     def restore(self, task: WatchedTask) -> bool:
         """Resume a watch saved before a restart (polled at once); False if already present."""
@@ -245,9 +268,23 @@ class Engine:
         """Whether every task in the table has ended."""
         return self._active == 0
 
-    def exit_code(self) -> int:
-        """SPEC §3: 0 when every task ended in success, 3 otherwise."""
-        ok = all(task.end_reason == "success" for task in self.tasks.values())
+    def outcome(self, task_id: str) -> str | None:
+        """How the watch of `task_id` ended (its `end_reason`), from the table or else from
+        `mark_ended`; None while it runs, or when nothing is known about it."""
+        task = self.tasks.get(task_id)
+        if task is not None:
+            return task.end_reason
+        return self._stored_outcomes.get(task_id)
+
+    def exit_code(self, task_ids: Iterable[str] | None = None) -> int:
+        """SPEC §3: 0 when every task asked for ended in success, 3 otherwise.
+
+        `task_ids` are the tasks the run was asked for (default: the table); each counts with
+        its `outcome`, so one that ended in an earlier run counts too, and one that has not
+        ended (or is unknown) is not a success.
+        """
+        wanted = self.tasks.keys() if task_ids is None else task_ids
+        ok = all(self.outcome(task_id) == "success" for task_id in wanted)
         return 0 if ok else 3
 
     # ---- the loop -------------------------------------------------------------------------
@@ -414,6 +451,8 @@ class Engine:
             if failure is None:
                 self.stats.polls_ok += 1
                 self._upstream_ok()
+                self.auth_failing_since = None
+                self.auth_failed_after_reload = False
                 await self._on_log(task, operation_log)
             else:
                 self.stats.polls_failed += 1
@@ -489,6 +528,9 @@ class Engine:
                 draft.poll_state,
                 changed=status_changed or progress_changed,
                 rng=self._rng,
+                status=status,
+                progress=progress,
+                now=now_wall,
             )
         if (status_changed or progress_changed or events) and not await self._commit(draft, events):
             self._retry_after_store_failure(task)
@@ -522,6 +564,7 @@ class Engine:
         else:
             self._upstream_failed(error)
             if isinstance(error, AuthError):
+                self._auth_failed(error, after_reload=state.auth_retry_spent)
                 decision = schedule.after_auth_failure(policy, state, rng=rng)
                 if decision.reason is schedule.Reason.AUTH_RETRY:
                     await self._client.reload_credentials()
@@ -554,6 +597,14 @@ class Engine:
             self.policy, decision, started=task.added_wall, now=self._clock.wall()
         )
         task.poll_state = decision.state
+        self.stats.poll_reasons[decision.reason.value] += 1
+        log.debug(
+            "poll.scheduled",
+            task_id=task.task_id,
+            reason=decision.reason.value,
+            delay=round(decision.delay, 3),
+            estimated_end=decision.state.estimated_end,
+        )
         self._schedule(task, decision.delay)
 
     def _expire(self, task: WatchedTask) -> TaskEvent:
@@ -674,6 +725,14 @@ class Engine:
                 error=error.message,
             )
         self._failures_while_failing += 1
+
+    def _auth_failed(self, error: AuthError, *, after_reload: bool) -> None:
+        """Track the 401 streak (`auth_failing_since`, `auth_failed_after_reload`)."""
+        self.last_auth_error = error
+        if self.auth_failing_since is None:
+            self.auth_failing_since = self._clock.monotonic()
+        if after_reload:
+            self.auth_failed_after_reload = True
 
     def _upstream_ok(self) -> None:
         if self.upstream_failing_since is not None:

@@ -55,6 +55,7 @@ from watcher.events import (
     TaskEvent,
 )
 from watcher.safetext import clean
+from watcher.schedule import Reason
 
 log = structlog.get_logger("watcher.metrics")
 
@@ -214,6 +215,8 @@ class TaskRow(NamedTuple):
     """Values of INFO_LABELS."""
     labels: tuple[tuple[str, str], ...] = ()
     """The task's own labels (task API), as (`label_<key>`, value) pairs for the info metric."""
+    estimated_end: float | None = None
+    """When the schedule expects the task to end (wall seconds); only while it is running."""
 
 
 class TaskSnapshot(NamedTuple):
@@ -254,6 +257,7 @@ def _task_row(task: WatchedTask) -> TaskRow:
     if started is not None and (last_progress is None or started > last_progress):
         last_progress = started
     progress = None if task.progress is None else task.progress / 100.0
+    running = task.status == "running" and not task.ended
     return TaskRow(
         task.task_id,
         task_status_label(task),
@@ -262,6 +266,7 @@ def _task_row(task: WatchedTask) -> TaskRow:
         last_progress,
         info,
         info_labels(task.labels) if info is not None else (),
+        task.poll_state.estimated_end if running else None,
     )
 
 
@@ -319,6 +324,14 @@ _LAST_PROGRESS = _Family(
     "When the task's progress last changed (or when it started, if later), in seconds since "
     "the epoch.",
 )
+_ESTIMATED_END = _Family(
+    PREFIX + "task_estimated_end_timestamp_seconds",
+    "When the watcher expects the running task to end, from its progress so far, in seconds "
+    "since the epoch (absent while there is no estimate).",
+)
+
+_RowLines = tuple[bytes, bytes, bytes, bytes, bytes, bytes]
+"""One task's lines in each per-task family (see `_render_row`)."""
 
 
 def _header(family: _Family, kind: str, *, openmetrics: bool) -> bytes:
@@ -328,8 +341,9 @@ def _header(family: _Family, kind: str, *, openmetrics: bool) -> bytes:
     return f"# HELP {name} {family.help}\n# TYPE {name} {kind}\n".encode()
 
 
-def _render_row(row: TaskRow) -> tuple[bytes, bytes, bytes, bytes, bytes]:
-    """The lines of one task in each per-task family: progress, status, info, started, last."""
+def _render_row(row: TaskRow) -> _RowLines:
+    """The lines of one task in each per-task family: progress, status, info, started, last,
+    estimated end."""
     task_id = row.task_id
     ident = f'{{task_id="{task_id}"}} '
     progress = (
@@ -363,7 +377,12 @@ def _render_row(row: TaskRow) -> tuple[bytes, bytes, bytes, bytes, bytes]:
         if row.last_progress is None
         else f"{_LAST_PROGRESS.name}{ident}{row.last_progress!r}\n".encode()
     )
-    return progress, "".join(status_lines).encode(), info, started, last
+    estimated_end = (
+        b""
+        if row.estimated_end is None
+        else f"{_ESTIMATED_END.name}{ident}{row.estimated_end!r}\n".encode()
+    )
+    return progress, "".join(status_lines).encode(), info, started, last, estimated_end
 
 
 class TaskRenderer:
@@ -377,13 +396,13 @@ class TaskRenderer:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._cache: dict[str, tuple[TaskRow, tuple[bytes, bytes, bytes, bytes, bytes]]] = {}
+        self._cache: dict[str, tuple[TaskRow, _RowLines]] = {}
 
     def render(self, snapshot: TaskSnapshot, *, openmetrics: bool) -> bytes:
         """The families as exposition text (no `# EOF`)."""
         with self._lock:
             old = self._cache
-            new: dict[str, tuple[TaskRow, tuple[bytes, bytes, bytes, bytes, bytes]]] = {}
+            new: dict[str, tuple[TaskRow, _RowLines]] = {}
             chunks = []
             for row in snapshot.rows:
                 hit = old.get(row.task_id)
@@ -406,6 +425,7 @@ class TaskRenderer:
                 (_INFO, "info"),
                 (_STARTED, "gauge"),
                 (_LAST_PROGRESS, "gauge"),
+                (_ESTIMATED_END, "gauge"),
             )
         ):
             out.append(_header(family, kind, openmetrics=openmetrics))
@@ -444,6 +464,9 @@ class TaskCollector:
         info = InfoMetricFamily(_INFO.name, _INFO.help, labels=["task_id"])
         started = GaugeMetricFamily(_STARTED.name, _STARTED.help, labels=["task_id"])
         last = GaugeMetricFamily(_LAST_PROGRESS.name, _LAST_PROGRESS.help, labels=["task_id"])
+        estimated_end = GaugeMetricFamily(
+            _ESTIMATED_END.name, _ESTIMATED_END.help, labels=["task_id"]
+        )
         for row in snapshot.rows:
             if row.progress_ratio is not None:
                 progress.add_metric([row.task_id], row.progress_ratio)
@@ -460,7 +483,9 @@ class TaskCollector:
                 started.add_metric([row.task_id], row.started)
             if row.last_progress is not None:
                 last.add_metric([row.task_id], row.last_progress)
-        return [tasks, progress, status_family, info, started, last]
+            if row.estimated_end is not None:
+                estimated_end.add_metric([row.task_id], row.estimated_end)
+        return [tasks, progress, status_family, info, started, last, estimated_end]
 
 
 class _InternalErrors:
@@ -492,6 +517,39 @@ class _InternalErrors:
         )
         for component, count in (counts or {}).items():
             family.add_metric([component], count)
+        return family
+
+
+class _PollReasons:
+    """`cbr_watcher_polls_total{reason}`: scheduled polls by why they wait as long as they do
+    (read from the engine's counters at scrape time)."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def describe(self) -> list[Metric]:
+        """The family, so the registry does not collect at registration."""
+        return [self._family()]
+
+    def collect(self) -> list[Metric]:
+        """The engine's counts now (every reason at 0 before an engine is attached)."""
+        stats = getattr(self._metrics.table, "stats", None)
+        counts = dict.fromkeys(map(str, Reason), 0)
+        if isinstance(stats, EngineStats):
+            counts.update(stats.poll_reasons)
+        return [self._family(counts)]
+
+    @staticmethod
+    def _family(counts: Mapping[str, int] | None = None) -> Metric:
+        family = CounterMetricFamily(
+            PREFIX + "polls",
+            "Polls scheduled, by the reason for their delay (progress, estimate, approach, "
+            "near_end, overdue, stalled, changed, unchanged, error, throttled, retry_after, "
+            "auth_retry, not_found, deadline, first).",
+            labels=["reason"],
+        )
+        for reason, count in (counts or {}).items():
+            family.add_metric([reason], count)
         return family
 
 
@@ -622,6 +680,7 @@ class Metrics:
         self.registry.register(_Forward(self._base))
         self.registry.register(TaskCollector(self))
         self._base.register(_InternalErrors(self))
+        self._base.register(_PollReasons(self))
         self._renderer = TaskRenderer()
         self._rows: dict[str, tuple[object, TaskRow]] = {}
         self._precreate()
@@ -697,6 +756,7 @@ class Metrics:
                 task.started_wall,
                 task.last_progress_wall,
                 tuple(task.labels.items()),
+                task.poll_state.estimated_end,
             )
             hit = old.get(task.task_id)
             if hit is None or not _same_key(hit[0], key):

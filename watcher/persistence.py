@@ -8,7 +8,7 @@ unfinished watches of a previous run and tells which tasks already ended.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import structlog
 
@@ -91,18 +91,24 @@ class Restored:
 
     resumed: list[str]
     ended: set[str]
+    outcomes: dict[str, str] = field(default_factory=dict)
+    """How each ended task ended (its stored `end_reason`)."""
 
 
 async def restore(engine: Engine, store: Store, *, now: float) -> Restored:
-    """Resume every unfinished watch; mark ended ones so nothing watches them again."""
+    """Resume every unfinished watch; mark ended ones, with their outcomes, so nothing
+    watches them again and `--exit-when-done` still counts how they ended."""
     pruned = await store.prune_ended(now - ENDED_TASK_RETENTION)
     records = await store.load_tasks()
-    ended = {record.task_id for record in records if record.end_reason is not None}
-    engine.mark_ended(ended)
+    outcomes = {
+        record.task_id: record.end_reason for record in records if record.end_reason is not None
+    }
+    ended = set(outcomes)
+    engine.mark_ended(outcomes)
     resumed = [
         record.task_id
         for record in records
         if record.end_reason is None and engine.restore(to_watched(record))
     ]
     log.info("state.restored", resumed=len(resumed), ended=len(ended), pruned=pruned)
-    return Restored(resumed=resumed, ended=ended)
+    return Restored(resumed=resumed, ended=ended, outcomes=outcomes)

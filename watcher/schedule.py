@@ -3,16 +3,37 @@
 No I/O and no clock of its own. Every decision returns the delay *and* the reason, so the
 engine can log and count why a task waits as long as it does.
 
-The cadence:
+The cadence of a task that reports progress (see `watcher.estimator` for the estimate):
 
-* first poll at once;
+* first poll at once; while waiting, the cadence below for tasks without progress;
+* running, before progress first moves: half the time it has run so far, up to
+  `progress_interval` (`no_rate`);
+* far from the estimated end, every `progress_interval` (up to 5 % less, at random, so
+  tasks added together drift apart: `progress`), but never longer than half the time the
+  task has been making progress while the estimate is young (`estimate`);
+* closing in on the plateau (99 %), 0.7 × the time left to its earliest plausible start,
+  but no tighter than the precision the tail estimate can use (`approach`);
+* on the plateau, densest at the estimated end: `poll_interval_min` there, growing to
+  2.6 × `poll_interval_min` within 12 × `poll_interval_min` of it and staying there to the
+  edges of the uncertainty window (`near_end`); before the window, closing in, never more
+  than `poll_interval_max` apart (`approach`);
+* once the window has passed without an end, today's jittered growth toward
+  `poll_interval_max` (`overdue`); progress that stopped where the rate said it would move
+  grows the same way, with equal jitter and within a share of the run (`stalled`);
+* never longer than `progress_interval` while running with progress.
+
+Tasks without progress (and tasks whose progress has not moved yet):
+
 * after a poll that saw nothing move, the next delay is drawn uniformly from
   [poll_interval_min, cap], where the cap doubles with every quiet poll up to
   poll_interval_max ("full jitter" above the floor, so thousands of tasks added together
   spread out instead of polling in lock-step);
-* when progress or status moves, the cap drops back to poll_interval_min;
+* when progress or status moves, the cap drops back to poll_interval_min.
+
+For every task:
+
 * transient errors and throttling grow their own cap the same way; a Retry-After header is
-  a floor under whatever the backoff says;
+  a floor under whatever the backoff says; errors keep the progress samples;
 * nothing is scheduled past the task's deadline: the last poll happens at the deadline.
 """
 
@@ -21,6 +42,9 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, replace
 from enum import StrEnum
+
+from watcher import estimator
+from watcher.estimator import Estimate, Track
 
 
 class Reason(StrEnum):
@@ -35,6 +59,21 @@ class Reason(StrEnum):
     AUTH_RETRY = "auth_retry"
     NOT_FOUND = "not_found"
     DEADLINE = "deadline"
+    PROGRESS = "progress"
+    """Far from the estimated end: refreshing progress every progress_interval."""
+    ESTIMATE = "estimate"
+    """The estimate is young: polled sooner than progress_interval to firm it up."""
+    APPROACH = "approach"
+    """Closing in on the plateau or on the window around the estimated end."""
+    NEAR_END = "near_end"
+    """Within the uncertainty window around the estimated end: densest polling."""
+    OVERDUE = "overdue"
+    """The estimated end has passed without an end: growing toward poll_interval_max."""
+    STALLED = "stalled"
+    """Progress stopped where the rate said it would move: growing toward poll_interval_max."""
+    NO_RATE = "no_rate"
+    """Running, but progress has not moved yet: half the time it has run, up to
+    progress_interval (a task sitting at 0 % may leap at any moment, but rarely ends there)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +84,10 @@ class Policy:
     interval_max: float = 60.0
     deadline: float = 48 * 3600.0
     not_found_grace: float = 120.0
+    progress_interval: float = 120.0
+    """A running task's progress is refreshed at least this often (far from its end)."""
+    progress_aware: bool = True
+    """False: the previous cadence (back to interval_min on every change), for comparison."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +102,10 @@ class PollState:
     """Monotonic time of the first 404 in the current run of 404s."""
     auth_retry_spent: bool = False
     """Whether the one immediate retry after reloading credentials was used."""
+    track: Track | None = None
+    """Progress samples of the current status (bounded); None for tasks without progress."""
+    estimated_end: float | None = None
+    """Wall time the task is expected to end, when the last decision had an estimate."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,15 +130,116 @@ def _jittered(policy: Policy, steps: int, rng: random.Random) -> float:
 
 
 def after_success(
-    policy: Policy, state: PollState, *, changed: bool, rng: random.Random
+    policy: Policy,
+    state: PollState,
+    *,
+    changed: bool,
+    rng: random.Random,
+    status: str | None = None,
+    progress: int | None = None,
+    now: float | None = None,
 ) -> Decision:
-    """A poll returned the task. `changed`: status or progress differs from the last look."""
+    """A poll returned a pending task. `changed`: status or progress differs from the last look.
+
+    With `status` and `now` (wall seconds) the progress samples drive the cadence (see the
+    module docstring); without them, or with `policy.progress_aware` off, the previous one.
+    """
+    if not policy.progress_aware or status is None or now is None:
+        return _unchanged_or_changed(policy, state, changed=changed, rng=rng, track=None)
+    track = estimator.observe(state.track, status=status, progress=progress, now=now)
+    if track is None:
+        return _unchanged_or_changed(policy, state, changed=changed, rng=rng, track=None)
+    estimate = estimator.estimate(track, now, min_uncertainty=policy.interval_min)
+    if estimate is None:
+        if track.status != RUNNING:
+            return _unchanged_or_changed(policy, state, changed=changed, rng=rng, track=track)
+        ran = now - (track.first.after + track.first.seen) / 2
+        delay = min(max(YOUNG_SHARE * ran, policy.interval_min), _far(policy, rng))
+        return Decision(PollState(track=track), delay, Reason.NO_RATE)
+    delay, reason, growth = _by_estimate(policy, state, estimate, now=now, rng=rng)
+    new = PollState(quiet_polls=growth, track=track, estimated_end=estimate.end)
+    return Decision(new, min(delay, policy.progress_interval), reason)
+
+
+def _unchanged_or_changed(
+    policy: Policy, state: PollState, *, changed: bool, rng: random.Random, track: Track | None
+) -> Decision:
+    """The cadence without an estimate: interval_min after a change, else jittered growth."""
     if changed:
-        fresh = PollState()
-        return Decision(fresh, policy.interval_min, Reason.CHANGED)
+        return Decision(PollState(track=track), policy.interval_min, Reason.CHANGED)
     quiet = state.quiet_polls + 1
-    fresh = PollState(quiet_polls=quiet)
+    fresh = PollState(quiet_polls=quiet, track=track)
     return Decision(fresh, _jittered(policy, quiet - 1, rng), Reason.UNCHANGED)
+
+
+RUNNING = "running"
+NEAR_END_EDGE = 2.6
+"""Polling interval at the edges of the uncertainty window, in multiples of interval_min."""
+NEAR_END_RAMP = 12.0
+"""Distance from the estimate, in multiples of interval_min, over which the interval grows
+from interval_min to the edge interval."""
+APPROACH_SHARE = 0.7
+"""Closing in: sleep this share of the time left to the plateau's earliest plausible start
+(or, on the plateau, to the window around the estimated end)."""
+PRECISION_SHARE = estimator.TAIL_SPREAD
+"""Before the plateau, the interval never drops below this share of the run so far: knowing
+when the plateau starts more precisely than the tail after it is known buys nothing."""
+YOUNG_SHARE = 0.5
+"""Without a rate, never sleep longer than this share of the time the task has run."""
+ESTIMATE_SHARE = 0.5
+"""With a rate, likewise: early rates are noisy, and a stall or a leap distorts them."""
+OVERDUE_START = 2
+"""Growth steps already taken when a window runs out: the first overdue cap is 4 × min."""
+FAR_JITTER = 0.05
+"""Far from the end the interval is progress_interval minus up to this share, at random."""
+
+
+def _by_estimate(
+    policy: Policy, state: PollState, estimate: Estimate, *, now: float, rng: random.Random
+) -> tuple[float, Reason, int]:
+    """(delay, reason, growth steps taken) for a task with an estimate."""
+    if estimate.on_plateau:
+        return _on_plateau(policy, state, estimate, now=now, rng=rng)
+    ran = max(estimate.plateau_at - estimate.run_start, 0.0)
+    if estimate.stalled:
+        # A stall can last hours (a failing step): equal jitter, not full, once grown; and a
+        # short task's stall is short, so its cap stays a share of the run.
+        steps = state.quiet_polls + 1
+        cap = min(_capped(policy, steps), max(policy.interval_min, PRECISION_SHARE * ran))
+        return cap * (0.5 + 0.5 * rng.random()), Reason.STALLED, steps
+    far = _far(policy, rng)
+    precision = min(far, max(policy.interval_min, PRECISION_SHARE * ran))
+    approach = max(APPROACH_SHARE * (estimate.plateau_early - now), precision)
+    young = max(ESTIMATE_SHARE * (now - estimate.run_start), policy.interval_min)
+    delay = min(approach, young, far)
+    if delay == far:
+        return far, Reason.PROGRESS, 0
+    return delay, Reason.APPROACH if delay == approach else Reason.ESTIMATE, 0
+
+
+def _far(policy: Policy, rng: random.Random) -> float:
+    """progress_interval, minus a little jitter so tasks added together drift apart."""
+    return policy.progress_interval * (1 - FAR_JITTER * rng.random())
+
+
+def _on_plateau(
+    policy: Policy, state: PollState, estimate: Estimate, *, now: float, rng: random.Random
+) -> tuple[float, Reason, int]:
+    ahead = estimate.end - now
+    window = estimate.uncertainty
+    if ahead < -window:
+        steps = OVERDUE_START + state.quiet_polls
+        return _jittered(policy, steps, rng), Reason.OVERDUE, state.quiet_polls + 1
+    minimum = policy.interval_min
+    distance = abs(ahead)
+    if distance <= window:
+        # Densest at the estimate, then flat: a wide window costs its width ÷ the edge interval.
+        ramp = min(window, NEAR_END_RAMP * minimum)
+        delay = minimum * (1 + (NEAR_END_EDGE - 1) * min(1.0, distance / ramp))
+        return min(delay, policy.interval_max), Reason.NEAR_END, 0
+    # Before the window: close in fast, but the plateau may be short, so never above max.
+    delay = NEAR_END_EDGE * minimum + APPROACH_SHARE * (distance - window)
+    return min(delay, policy.interval_max), Reason.APPROACH, 0
 
 
 def after_error(policy: Policy, state: PollState, *, rng: random.Random) -> Decision:

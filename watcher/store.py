@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
+import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -125,11 +126,28 @@ class PendingDelivery:
     attempts: int
 
 
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """An event a receiver never accepted within `max_age` (see `Store.dead_letter_rows`)."""
+
+    row_id: int
+    event_id: str
+    receiver: str
+    task_id: str
+    event_type: str
+    created: float
+    attempts: int
+    last_error: str
+    dead_at: float
+    reason: str
+
+
 class Store:
     """Async facade over a SQLite database used from a single worker thread."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, *, lock: bool = True) -> None:
         self.path = path
+        self._locking = lock
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cbr-watcher-db")
         self._db: sqlite3.Connection | None = None
         self._lock: StateLock | None = None
@@ -137,10 +155,14 @@ class Store:
     # ---- lifecycle ------------------------------------------------------------------------
 
     @classmethod
-    async def open(cls, path: str) -> Store:
+    async def open(cls, path: str, *, lock: bool = True) -> Store:
         """Lock, open (creating if needed) and migrate the database; StoreError if it is
-        unusable or another process has it open (see `watcher.state_lock`)."""
-        store = cls(path)
+        unusable or another process has it open (see `watcher.state_lock`).
+
+        `lock=False` opens it without the daemon lock, next to a running daemon (for the
+        `dead-letters` command); SQLite's own locking keeps the two writers apart.
+        """
+        store = cls(path, lock=lock)
         try:
             await store._run(store._open)
         except BaseException:
@@ -158,7 +180,7 @@ class Store:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
 
     def _open(self) -> None:
-        if self.path != ":memory:":
+        if self.path != ":memory:" and self._locking:
             self._lock = self._take_lock()
         try:
             db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -444,6 +466,46 @@ class Store:
             ).fetchall()
         )
         return [(str(a), str(b), str(c), str(d)) for a, b, c, d in rows]
+
+    async def dead_letter_rows(self) -> list[DeadLetter]:
+        """Every dead letter with its details, oldest first."""
+        rows = await self._run(
+            lambda: self._conn.execute(
+                "SELECT id, event_id, receiver, task_id, event_type, created, attempts,"
+                " coalesce(last_error, ''), dead_at, reason FROM dead_letters"
+                " ORDER BY dead_at, id"
+            ).fetchall()
+        )
+        return [DeadLetter(*row) for row in rows]
+
+    async def replay_dead_letters(self, event_id: str | None, *, now: float | None = None) -> int:
+        """Move the dead letters of `event_id` (every one when None) back into the outbox with
+        their attempts reset and their `max_age` starting again at `now` (default: the time);
+        returns how many moved. The deliverer of a running daemon finds them on its next look.
+        """
+        when = time.time() if now is None else now
+        where, args = ("WHERE event_id = ?", (event_id,)) if event_id is not None else ("", ())
+
+        def move() -> int:
+            db = self._conn
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                # The original row id keeps the event in its place among its task's events.
+                db.execute(
+                    "INSERT OR IGNORE INTO outbox (id, event_id, receiver, task_id, event_type,"
+                    " body, created, attempts, next_attempt, last_error)"
+                    " SELECT id, event_id, receiver, task_id, event_type, body, ?, 0, ?,"
+                    " last_error FROM dead_letters " + where,
+                    (when, when, *args),
+                )
+                moved = db.execute("DELETE FROM dead_letters " + where, args).rowcount
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            return int(moved)
+
+        return await self._run(move)
 
 
 def _heads_of_tasks(excluded: int) -> str:

@@ -1,0 +1,1 @@
+"""Subcommands beyond the daemon: `wait`, and the `tasks` and `dead-letters` clients."""
