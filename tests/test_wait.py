@@ -23,6 +23,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from tests.daemon_process import clean_env, reap, run_cli, spawn, spawned
+from tests.support import fake_clock_now
 from watcher.clock import RealClock
 from watcher.commands.wait_output import (
     PlainView,
@@ -81,14 +82,38 @@ def without_controls(text: str) -> bool:
     return CONTROL.search(text) is None
 
 
-async def test_every_task_succeeds_exits_0_with_plain_lines(
-    live_sim: tuple[Simulator, str],
-) -> None:
-    """Off a TTY: status and progress lines, a summary line per task, exit 0."""
-    sim, base_url = live_sim
-    ids = [sim.add_task(SimTaskSpec(id=f"ok-{n}", waiting=0.3, running=1.5)) for n in range(2)]
-    code, out, err = await run_cli("wait", *ids, env=wait_env(sim, base_url), within=WITHIN)
-    assert code == 0, err
+async def test_every_task_succeeds_exits_0_with_plain_lines() -> None:
+    """Off a TTY: status and progress lines, a summary line per task, exit 0.
+
+    The simulator runs on a fake clock that moves only once `wait` has looked at each phase,
+    so a slow start (a loaded machine) cannot make it miss the running phase.
+    """
+    clock = fake_clock_now()
+    sim = Simulator(clock, tokens=[TOKEN], seed=4)
+    async with sim.running() as base_url:
+        ids = [sim.add_task(SimTaskSpec(id=f"ok-{n}", waiting=30, running=120)) for n in range(2)]
+
+        async def looked_again() -> None:
+            counts = {task_id: sim.request_count(task_id) for task_id in ids}
+            async with asyncio.timeout(WITHIN):
+                while any(sim.request_count(t) <= counts[t] for t in ids):  # noqa: ASYNC110
+                    await asyncio.sleep(0.05)  # the simulator has no event to wait on
+
+        async with spawned(
+            sys.executable,
+            "-m",
+            "watcher",
+            "wait",
+            *ids,
+            env=wait_env(sim, base_url),
+        ) as proc:
+            await looked_again()  # seen waiting
+            for step in (60, 30, 60):  # running, further along, ended
+                clock.advance(step)
+                await looked_again()
+            out_bytes, err_bytes = await asyncio.wait_for(proc.communicate(), WITHIN)
+    out, err = out_bytes.decode(), err_bytes.decode()
+    assert proc.returncode == 0, err
     assert without_controls(out)
     lines = out.splitlines()
     for task_id in ids:
