@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import NamedTuple, Protocol
 
 import structlog
@@ -488,68 +488,41 @@ class TaskCollector:
         return [tasks, progress, status_family, info, started, last, estimated_end]
 
 
-class _InternalErrors:
-    """`cbr_watcher_internal_errors_total{component}`: unexpected exceptions the engine
-    survived (read from the engine's counters at scrape time)."""
+class _EngineCounter:
+    """A counter family read from one of the engine's counters at scrape time, with every
+    key it can have at 0 before it first happens (or before an engine is attached)."""
 
-    def __init__(self, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        metrics: Metrics,
+        *,
+        name: str,
+        documentation: str,
+        label: str,
+        keys: Iterable[str],
+        read: Callable[[EngineStats], Mapping[str, int]],
+    ) -> None:
         self._metrics = metrics
+        self._name, self._documentation, self._label = name, documentation, label
+        self._keys = tuple(keys)
+        self._read = read
 
     def describe(self) -> list[Metric]:
         """The family, so the registry does not collect at registration."""
-        return [self._family()]
+        return [self._family({})]
 
     def collect(self) -> list[Metric]:
-        """The engine's counts now (every component at 0 before an engine is attached)."""
+        """The engine's counts now."""
         stats = getattr(self._metrics.table, "stats", None)
-        counts = dict.fromkeys(INTERNAL_COMPONENTS, 0)
+        counts = dict.fromkeys(self._keys, 0)
         if isinstance(stats, EngineStats):
-            counts.update(stats.internal_errors)
+            counts.update(self._read(stats))
         return [self._family(counts)]
 
-    @staticmethod
-    def _family(counts: Mapping[str, int] | None = None) -> Metric:
-        family = CounterMetricFamily(
-            PREFIX + "internal_errors",
-            "Unexpected exceptions cbr-watcher survived, by component (poll, store, events, "
-            "engine): each one was logged and its work retried.",
-            labels=["component"],
-        )
-        for component, count in (counts or {}).items():
-            family.add_metric([component], count)
-        return family
-
-
-class _PollReasons:
-    """`cbr_watcher_polls_total{reason}`: scheduled polls by why they wait as long as they do
-    (read from the engine's counters at scrape time)."""
-
-    def __init__(self, metrics: Metrics) -> None:
-        self._metrics = metrics
-
-    def describe(self) -> list[Metric]:
-        """The family, so the registry does not collect at registration."""
-        return [self._family()]
-
-    def collect(self) -> list[Metric]:
-        """The engine's counts now (every reason at 0 before an engine is attached)."""
-        stats = getattr(self._metrics.table, "stats", None)
-        counts = dict.fromkeys(map(str, Reason), 0)
-        if isinstance(stats, EngineStats):
-            counts.update(stats.poll_reasons)
-        return [self._family(counts)]
-
-    @staticmethod
-    def _family(counts: Mapping[str, int] | None = None) -> Metric:
-        family = CounterMetricFamily(
-            PREFIX + "polls",
-            "Polls scheduled, by the reason for their delay (progress, estimate, approach, "
-            "near_end, overdue, stalled, changed, unchanged, error, throttled, retry_after, "
-            "auth_retry, not_found, deadline, first).",
-            labels=["reason"],
-        )
-        for reason, count in (counts or {}).items():
-            family.add_metric([reason], count)
+    def _family(self, counts: Mapping[str, int]) -> Metric:
+        family = CounterMetricFamily(self._name, self._documentation, labels=[self._label])
+        for key, count in counts.items():
+            family.add_metric([key], count)
         return family
 
 
@@ -679,8 +652,29 @@ class Metrics:
         )
         self.registry.register(_Forward(self._base))
         self.registry.register(TaskCollector(self))
-        self._base.register(_InternalErrors(self))
-        self._base.register(_PollReasons(self))
+        self._base.register(
+            _EngineCounter(
+                self,
+                name=PREFIX + "internal_errors",
+                documentation="Unexpected exceptions cbr-watcher survived, by component (poll, "
+                "store, events, engine): each one was logged and its work retried.",
+                label="component",
+                keys=INTERNAL_COMPONENTS,
+                read=lambda stats: stats.internal_errors,
+            )
+        )
+        self._base.register(
+            _EngineCounter(
+                self,
+                name=PREFIX + "polls",
+                documentation="Polls scheduled, by the reason for their delay (progress, "
+                "estimate, approach, near_end, overdue, stalled, changed, unchanged, error, "
+                "throttled, retry_after, auth_retry, not_found, deadline, first).",
+                label="reason",
+                keys=map(str, Reason),
+                read=lambda stats: stats.poll_reasons,
+            )
+        )
         self._renderer = TaskRenderer()
         self._rows: dict[str, tuple[object, TaskRow]] = {}
         self._precreate()
