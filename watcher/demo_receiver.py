@@ -11,6 +11,7 @@ from types import TracebackType
 from aiohttp import web
 
 from watcher.clock import Clock
+from watcher.listener import HttpListener
 from watcher.signing import SignatureError, split_secrets, verify
 
 
@@ -34,7 +35,7 @@ class DemoReceiver:
         self._clock = clock
         self.received: list[ReceivedWebhook] = []
         self.url = ""
-        self._runner: web.AppRunner | None = None
+        self._listener: HttpListener | None = None
 
     async def _handle(self, request: web.Request) -> web.Response:
         body = await request.read()
@@ -63,12 +64,13 @@ class DemoReceiver:
         return web.Response(status=204 if verified else 401)
 
     async def __aenter__(self) -> DemoReceiver:
+        """Listen on a free port of 127.0.0.1; `url` is the webhook URL to configure."""
         app = web.Application()
         app.router.add_post("/webhooks/cbr", self._handle)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
-        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}/webhooks/cbr"
+        listener = HttpListener(app, "127.0.0.1:0", name="demo-receiver")
+        await listener.start()
+        self._listener = listener
+        self.url = f"{listener.url}/webhooks/cbr"
         return self
 
     async def __aexit__(
@@ -77,5 +79,7 @@ class DemoReceiver:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
+        """Stop listening."""
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            await listener.close()

@@ -1,7 +1,7 @@
 """HTTP on `server.listen` (SPEC §6): /metrics, /healthz and /readyz.
 
-`HttpListener` runs one aiohttp app on one address and knows the URL it got (port 0 works);
-the task API on `server.api_listen` is meant to be a second app on a second listener.
+The app is served by `watcher.listener.HttpListener` (re-exported here); the task API on
+`server.api_listen` is a second app on a second listener.
 
 A scrape snapshots the task table on the event loop (a few milliseconds for 10,000 tasks) and
 renders and compresses the text in a worker thread, so the loop keeps polling meanwhile.
@@ -20,10 +20,21 @@ import structlog
 from aiohttp import hdrs, web
 
 from watcher.clock import Clock
-from watcher.config import parse_listen
+from watcher.listener import HttpListener
 from watcher.metrics import Metrics, TaskSnapshot
 
 log = structlog.get_logger("watcher.server")
+
+__all__ = [
+    "SHUTDOWN_TIMEOUT",
+    "STALL_AFTER",
+    "Health",
+    "HttpListener",
+    "LoopTurns",
+    "MetricsEndpoints",
+    "make_metrics_app",
+    "start_metrics_listener",
+]
 
 STALL_AFTER = 15.0
 """/healthz fails when the scheduler loop has not turned for this many seconds (it turns at
@@ -172,59 +183,12 @@ def make_metrics_app(metrics: Metrics, health: Health) -> web.Application:
     return app
 
 
-def _url(address: object) -> str:
-    """http://host:port for a bound socket address (IPv4 or IPv6 tuple)."""
-    assert isinstance(address, tuple)
-    host, port = str(address[0]), int(address[1])
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
-
-
-class HttpListener:
-    """One aiohttp app on one `HOST:PORT` (see `watcher.config.parse_listen`)."""
-
-    def __init__(self, app: web.Application, listen: str, *, name: str) -> None:
-        self.app = app
-        self.listen = listen
-        self.name = name
-        self._runner: web.AppRunner | None = None
-        self.urls: list[str] = []
-
-    @property
-    def url(self) -> str:
-        """The first bound address, e.g. http://127.0.0.1:9471."""
-        if not self.urls:
-            raise RuntimeError("listener not started")
-        return self.urls[0]
-
-    async def start(self) -> None:
-        """Bind and serve; OSError (e.g. address in use) leaves nothing running."""
-        host, port = parse_listen(self.listen)
-        runner = web.AppRunner(
-            self.app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT, handle_signals=False
-        )
-        await runner.setup()
-        try:
-            site = web.TCPSite(runner, host or None, port)
-            await site.start()
-        except BaseException:
-            await runner.cleanup()
-            raise
-        self._runner = runner
-        self.urls = [_url(address) for address in runner.addresses]
-        log.info("server.listening", app=self.name, url=self.url, urls=self.urls)
-
-    async def close(self) -> None:
-        """Stop serving (open requests get SHUTDOWN_TIMEOUT seconds)."""
-        runner, self._runner = self._runner, None
-        if runner is not None:
-            await runner.cleanup()
-
-
-async def start_metrics_listener(
-    metrics: Metrics, health: Health, listen: str
-) -> HttpListener:
+async def start_metrics_listener(metrics: Metrics, health: Health, listen: str) -> HttpListener:
     """Serve /metrics, /healthz and /readyz on `listen`; marks the "listener" condition."""
-    listener = HttpListener(make_metrics_app(metrics, health), listen, name="metrics")
+    listener = HttpListener(
+        make_metrics_app(metrics, health), listen, name="metrics", shutdown_timeout=SHUTDOWN_TIMEOUT
+    )
     await listener.start()
+    log.info("server.listening", app=listener.name, url=listener.url, urls=listener.urls)
     health.mark("listener")
     return listener

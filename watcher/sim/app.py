@@ -16,19 +16,16 @@ import json
 import weakref
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from watcher.sim import bodies, hostile
+from watcher.sim.core import SimCore, SimRequest
 from watcher.sim.faults import Fault
 from watcher.sim.iam import TOKENS_PATH, http_date
 from watcher.sim.signature import SignedCall
 from watcher.sim.specs import spec_from_mapping
 from watcher.sim.tasks import matches, task_state
-
-if TYPE_CHECKING:
-    from watcher.sim.simulator import SimRequest, Simulator
 
 API_PREFIX = "/v3/"
 SHOW_PATH = "/v3/{project_id}/operation-logs/{operation_log_id}"
@@ -65,7 +62,7 @@ def raw_response(status: int, data: bytes, headers: dict[str, str] | None = None
     )
 
 
-def make_app(sim: Simulator) -> web.Application:
+def make_app(sim: SimCore) -> web.Application:
     """The full application: the two CBR endpoints, IAM's token endpoint, the control API."""
     api = _CbrApi(sim)
     control = _ControlApi(sim)
@@ -84,7 +81,7 @@ def make_app(sim: Simulator) -> web.Application:
 class _CbrApi:
     """ShowOpLog, ListOpLogs and the middleware that makes them misbehave on demand."""
 
-    def __init__(self, sim: Simulator) -> None:
+    def __init__(self, sim: SimCore) -> None:
         self.sim = sim
         # API requests seen per connection (keyed by transport, forgotten with it).
         self._served: weakref.WeakKeyDictionary[object, int] = weakref.WeakKeyDictionary()
@@ -295,7 +292,7 @@ def _abort(request: web.Request) -> None:
 class _ControlApi:
     """/_sim/: add tasks, read request counts, rotate tokens. No auth: it is a test tool."""
 
-    def __init__(self, sim: Simulator) -> None:
+    def __init__(self, sim: SimCore) -> None:
         self.sim = sim
 
     async def add_tasks(self, request: web.Request) -> web.StreamResponse:

@@ -14,15 +14,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from email.utils import formatdate
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from aiohttp import web
 
-from watcher.sim.auth import iam_time
+from watcher.clock import Clock
+from watcher.sim.auth import SimAuth, iam_time
 from watcher.sim.bodies import JSON_CONTENT_TYPE
-
-if TYPE_CHECKING:
-    from watcher.sim.simulator import Simulator
 
 TOKENS_PATH = "/v3/auth/tokens"
 BAD_LOGIN_MESSAGE = "The username or password is wrong."
@@ -61,10 +59,33 @@ def _credentials(body: Any) -> tuple[str, str, str, str] | str:
     return values
 
 
+class IamBackend(Protocol):
+    """What the token endpoint needs from the simulator (`watcher.sim.core.SimCore`)."""
+
+    @property
+    def clock(self) -> Clock:
+        """The simulator's clock: token times and the `Date` header."""
+        ...
+
+    @property
+    def auth(self) -> SimAuth:
+        """Users, issued tokens, token lifetime and the outage switch."""
+        ...
+
+    @property
+    def project_id(self) -> str:
+        """The one project a token can be scoped to."""
+        ...
+
+    def new_request_id(self) -> str:
+        """A fresh `X-Request-Id` value."""
+        ...
+
+
 class IamApi:
     """The token endpoint over a simulator's `auth` (users, lifetime, outage switch)."""
 
-    def __init__(self, sim: Simulator) -> None:
+    def __init__(self, sim: IamBackend) -> None:
         self.sim = sim
         self.requests: list[IamRequest] = []
 
@@ -110,15 +131,20 @@ class IamApi:
                 "issued_at": iam_time(issued),
                 "methods": ["password"],
                 "project": {"id": self.sim.project_id, "name": "sim-region", "domain": domain_ref},
-                "user": {"id": f"usr-{name}", "name": name, "domain": domain_ref,
-                         "password_expires_at": ""},
+                "user": {
+                    "id": f"usr-{name}",
+                    "name": name,
+                    "domain": domain_ref,
+                    "password_expires_at": "",
+                },
                 "roles": [{"id": "0", "name": "op_service"}],
                 "catalog": [],
             }
         }
         data = json.dumps(body).encode()
         return web.Response(
-            status=201, body=data,
+            status=201,
+            body=data,
             headers={"Content-Type": JSON_CONTENT_TYPE, "X-Subject-Token": token},
         )
 

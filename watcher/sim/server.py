@@ -1,4 +1,8 @@
-"""Running the simulator on a real socket, alone (`cbr-watcher simulate`) or inside tests."""
+"""Running the simulator alone (`cbr-watcher simulate`, `python -m watcher.sim`).
+
+`serve` and `SimServer` live in `watcher.sim.serving` (re-exported here): this module loads
+scenarios, which build the public `Simulator`, so `Simulator.running` cannot depend on it.
+"""
 
 from __future__ import annotations
 
@@ -7,53 +11,14 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
-from aiohttp import web
-
 from watcher.clock import Clock, RealClock
 from watcher.config import parse_listen
 from watcher.sim.scenario import builtin_scenario, load_scenario
-from watcher.sim.simulator import Simulator
+from watcher.sim.serving import SHUTDOWN_TIMEOUT, SimServer, serve
 
 DEFAULT_LISTEN = "127.0.0.1:9473"
-# Seconds the runner waits for handlers at shutdown; hung requests are released before that.
-SHUTDOWN_TIMEOUT = 1.0
 
-
-class SimServer:
-    """A simulator bound to a socket. `base_url` has no trailing slash."""
-
-    def __init__(self, sim: Simulator, runner: web.AppRunner, base_url: str) -> None:
-        self.sim = sim
-        self.runner = runner
-        self.base_url = base_url
-
-    async def close(self) -> None:
-        """Release hanging requests, stop listening and close every connection."""
-        self.sim.closing.set()
-        await self.runner.cleanup()
-
-
-async def serve(sim: Simulator, host: str = "127.0.0.1", port: int = 0) -> SimServer:
-    """Start serving `sim` on host:port (port 0 picks a free one) and return the server."""
-    # A fresh event per run: an asyncio.Event belongs to the loop it is first awaited in.
-    sim.closing = asyncio.Event()
-    # handler_cancellation: a client that gives up on a hung request releases its handler.
-    runner = web.AppRunner(
-        sim.make_app(),
-        handler_cancellation=True,
-        access_log=None,
-        shutdown_timeout=SHUTDOWN_TIMEOUT,
-    )
-    await runner.setup()
-    try:
-        site = web.TCPSite(runner, host, port)
-        await site.start()
-    except BaseException:
-        await runner.cleanup()
-        raise
-    bound_port = runner.addresses[0][1]
-    shown_host = f"[{host}]" if ":" in host else host
-    return SimServer(sim, runner, f"http://{shown_host}:{bound_port}")
+__all__ = ["DEFAULT_LISTEN", "SHUTDOWN_TIMEOUT", "SimServer", "run_simulator", "serve"]
 
 
 async def run_simulator(

@@ -1,0 +1,157 @@
+"""The simulator's state and behaviour: tasks, credentials, faults and the request log.
+
+Nothing here speaks HTTP or opens a socket: `watcher.sim.app` serves a `SimCore` over HTTP,
+`watcher.sim.serving` binds it to a socket, and `watcher.sim.simulator.Simulator` (the public
+class) adds both as methods. Keeping this module below them is what keeps the package free of
+import cycles.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+
+from watcher.clock import Clock
+from watcher.sim.auth import DEFAULT_TOKEN_LIFETIME, AccessKey, SimAuth, User
+from watcher.sim.faults import FaultInjector, FaultProfile, parse_fault
+from watcher.sim.iam import IamApi
+from watcher.sim.tasks import SimTask, SimTaskSpec, TaskState, random_uuid, realize, task_state
+from watcher.task_ids import validate_task_id
+
+DEFAULT_PROJECT_ID = "04f1829c788037ac2fb8c01eb2b04b95"
+DEFAULT_TOKENS = ("sim-token",)
+
+
+@dataclass(slots=True)
+class SimRequest:
+    """One request to the CBR API. `status` stays None for a request reset or left hanging.
+
+    `reused`: it came on a kept-alive connection that had already carried an API request.
+    """
+
+    monotonic: float
+    wall: float
+    method: str
+    path: str
+    query: str
+    task_id: str | None
+    status: int | None = None
+    fault: str | None = None
+    reused: bool = False
+
+
+class SimCore:
+    """The state behind a faithful fake of the CBR operation-log API, on an injected clock.
+
+    Tasks are lazy: their state is computed from their creation time whenever asked, so the
+    simulator needs no timers and a FakeClock can jump freely.
+    """
+
+    def __init__(
+        self,
+        clock: Clock,
+        *,
+        project_id: str = DEFAULT_PROJECT_ID,
+        tokens: Iterable[str] = DEFAULT_TOKENS,
+        faults: FaultProfile | None = None,
+        seed: int = 0,
+        users: Iterable[User] = (),
+        access_keys: Iterable[AccessKey] = (),
+        token_lifetime: float = DEFAULT_TOKEN_LIFETIME,
+    ) -> None:
+        self.clock = clock
+        self.project_id = project_id
+        self.seed = seed
+        self.auth = SimAuth(
+            clock,
+            tokens=tokens,
+            users=users,
+            access_keys=access_keys,
+            token_lifetime=token_lifetime,
+        )
+        self.iam = IamApi(self)
+        self.faults = FaultInjector(faults, seed)
+        # Separate streams, so adding a task never shifts which request gets a random fault.
+        self._task_rng = random.Random(f"cbr-sim-tasks-{seed}")
+        self._id_rng = random.Random(f"cbr-sim-request-ids-{seed}")
+        self.default_vault = (random_uuid(self._task_rng), "vault-sim-0001")
+        self._tasks: dict[str, SimTask] = {}
+        self._show_counts: Counter[str] = Counter()
+        self.request_log: list[SimRequest] = []
+        # Set when serving stops: it releases the requests a "hang" fault is holding.
+        self.closing = asyncio.Event()
+
+    # -- tasks -------------------------------------------------------------------------------
+
+    def add_task(self, spec: SimTaskSpec) -> str:
+        """Create a task now (on the simulator's clock) and return its ID."""
+        return self.add_tasks([spec])[0]
+
+    def add_tasks(self, specs: Iterable[SimTaskSpec]) -> list[str]:
+        """Create several tasks at once; nothing is added if any spec is invalid."""
+        specs = list(specs)
+        given = [spec.id for spec in specs if spec.id is not None]
+        for task_id in given:
+            validate_task_id(task_id)
+            if task_id in self._tasks or given.count(task_id) > 1:
+                raise ValueError(f"task ID {task_id!r} already exists")
+        for spec in specs:
+            for name in spec.faults:
+                parse_fault(name)
+        ids = []
+        for spec in specs:
+            task = realize(
+                spec,
+                index=len(self._tasks),
+                created_wall=self.clock.wall(),
+                rng=self._task_rng,
+                default_vault=self.default_vault,
+            )
+            self._tasks[task.id] = task
+            self.faults.script(task.id, spec.faults)
+            ids.append(task.id)
+        return ids
+
+    @property
+    def tasks(self) -> Mapping[str, SimTask]:
+        """Every task by ID (read-only), visible yet or not."""
+        return MappingProxyType(self._tasks)
+
+    def state(self, task_id: str) -> TaskState:
+        """The task's state now, as the API would report it (KeyError for an unknown ID)."""
+        return task_state(self._tasks[task_id], self.clock.wall())
+
+    # -- credentials -------------------------------------------------------------------------
+
+    def set_tokens(self, tokens: Iterable[str]) -> None:
+        """Replace the accepted `X-Auth-Token` values."""
+        self.auth.tokens.replace(tokens)
+
+    # -- requests ----------------------------------------------------------------------------
+
+    def record(self, method: str, path: str, query: str, task_id: str | None) -> SimRequest:
+        """Log an arriving API request; the caller fills in its status when it is answered."""
+        entry = SimRequest(self.clock.monotonic(), self.clock.wall(), method, path, query, task_id)
+        self.request_log.append(entry)
+        if task_id is not None:
+            self._show_counts[task_id] += 1
+        return entry
+
+    def request_count(self, task_id: str) -> int:
+        """ShowOpLog requests seen for `task_id`, whatever they were answered with."""
+        return self._show_counts[task_id]
+
+    def stats(self) -> dict[str, object]:
+        """Totals for the control API: every request, and counts per HTTP status."""
+        by_status = Counter(
+            "none" if entry.status is None else str(entry.status) for entry in self.request_log
+        )
+        return {"requests": len(self.request_log), "by_status": dict(sorted(by_status.items()))}
+
+    def new_request_id(self) -> str:
+        """A 32-hex-digit request ID, as the gateway puts in `X-Request-Id`."""
+        return f"{self._id_rng.getrandbits(128):032x}"
