@@ -60,8 +60,14 @@ METRICS_PORT = "cbr-metrics"
 IMAGE_UID = 65532
 TMP = "/tmp"  # noqa: S108 (a mount point in the pod, not a temporary file here)
 PSS_RESTRICTED_VOLUMES = {
-    "configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim",
-    "projected", "secret",
+    "configMap",
+    "csi",
+    "downwardAPI",
+    "emptyDir",
+    "ephemeral",
+    "persistentVolumeClaim",
+    "projected",
+    "secret",
 }
 
 
@@ -146,7 +152,9 @@ def test_unit_verifies_without_a_word(testable_unit: Path) -> None:
     tool = systemd_analyze()
     result = subprocess.run(
         [tool, "verify", "--recursive-errors=no", "--man=no", str(testable_unit)],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert (result.returncode, result.stdout + result.stderr) == (0, "")
 
@@ -156,7 +164,9 @@ def test_unit_security_exposure_is_at_most_2(testable_unit: Path) -> None:
     tool = systemd_analyze()
     result = subprocess.run(
         [tool, "security", "--offline=true", "--threshold=20", "--no-pager", str(testable_unit)],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     score = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", result.stdout)
@@ -379,7 +389,7 @@ def test_sidecar_example_is_a_native_sidecar_that_registers_tasks() -> None:
     assert "127.0.0.1:9472/v1/tasks" in script
     assert "--request PUT" in script
     assert "Authorization: Bearer" in script
-    assert r'\"labels\"' in script
+    assert r"\"labels\"" in script
     assert "trap" in script  # exits on SIGTERM, leaving the grace period to the sidecar
     volumes = {volume["name"]: volume for volume in pod["volumes"]}
     for mount in app["volumeMounts"]:
@@ -425,7 +435,6 @@ def test_podmonitor_selects_every_watcher_pod_on_its_named_port() -> None:
         assert selector.items() <= labels.items(), doc["metadata"]["name"]
 
 
-
 @pytest.fixture
 async def live_sim() -> AsyncIterator[tuple[Simulator, str]]:
     """A simulator on real time, for a daemon in another process."""
@@ -448,16 +457,18 @@ async def test_sidecar_app_script_registers_tasks_with_the_real_daemon(
     env = {key: value for key, value in os.environ.items() if not key.startswith("CBR_WATCHER_")}
     for key in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "CREDENTIALS_DIRECTORY", "STATE_DIRECTORY"):
         env.pop(key, None)
-    env.update({
-        "CBR_WATCHER_CBR__ENDPOINT": base_url,
-        "CBR_WATCHER_CBR__PROJECT_ID": sim.project_id,
-        "CBR_WATCHER_AUTH__TOKEN": "sidecar-token",
-        "CBR_WATCHER_SERVER__LISTEN": "127.0.0.1:0",
-        "CBR_WATCHER_SERVER__API_LISTEN": "127.0.0.1:0",
-        "CBR_WATCHER_SERVER__API_TOKEN": api_token,
-        "CBR_WATCHER_STATE__PATH": str(tmp_path / "state.db"),
-        "CBR_WATCHER_LOG__FORMAT": "json",
-    })
+    env.update(
+        {
+            "CBR_WATCHER_CBR__ENDPOINT": base_url,
+            "CBR_WATCHER_CBR__PROJECT_ID": sim.project_id,
+            "CBR_WATCHER_AUTH__TOKEN": "sidecar-token",
+            "CBR_WATCHER_SERVER__LISTEN": "127.0.0.1:0",
+            "CBR_WATCHER_SERVER__API_LISTEN": "127.0.0.1:0",
+            "CBR_WATCHER_SERVER__API_TOKEN": api_token,
+            "CBR_WATCHER_STATE__PATH": str(tmp_path / "state.db"),
+            "CBR_WATCHER_LOG__FORMAT": "json",
+        }
+    )
     daemon = await spawn(sys.executable, "-m", "watcher", "run", env=env)
     app: asyncio.subprocess.Process | None = None
     try:
@@ -478,7 +489,9 @@ async def test_sidecar_app_script_registers_tasks_with_the_real_daemon(
         script = script.replace("http://127.0.0.1:9472", api_url)
         script = script.replace("/run/secrets/cbr-watcher-api/api-token", str(token_file))
         app = await spawn(
-            sh, "-c", script,
+            sh,
+            "-c",
+            script,
             env={"PATH": os.environ["PATH"], "TASK_IDS": task_id, "POD_NAME": "backup-app-0"},
         )
         headers = {"Authorization": f"Bearer {api_token}"}
@@ -602,8 +615,12 @@ def test_containerfile_is_multi_stage_non_root_and_exec_form() -> None:
     preamble, *stages = containerfile_stages()
     assert all(instruction == "ARG" for instruction, _ in preamble)
     assert len(stages) >= 2
-    froms = [arguments.split() for stage in stages for instruction, arguments in stage
-             if instruction == "FROM"]
+    froms = [
+        arguments.split()
+        for stage in stages
+        for instruction, arguments in stage
+        if instruction == "FROM"
+    ]
     assert [parts[-1] for parts in froms[:-1]] == ["build"]
     runtime = stages[-1]
     everything = [entry for stage in stages for entry in stage]

@@ -113,9 +113,7 @@ async def test_unknown_status_is_pending_and_warned_once(world: World) -> None:
 
 async def test_not_found_is_retried_within_grace(world: World) -> None:
     """A task that becomes visible 60 s after creation is still watched to the end."""
-    task_id = world.sim.add_task(
-        SimTaskSpec(id="late", visible_after=60, waiting=5, running=60)
-    )
+    task_id = world.sim.add_task(SimTaskSpec(id="late", visible_after=60, waiting=5, running=60))
     engine = make_engine(world)
     engine.add(task_id)
     await run_until(world, engine, engine.all_done)

@@ -128,14 +128,19 @@ def test_low_cardinality_counters_start_at_zero() -> None:
             labels = {"status": status, "operation_type": op_type}
             assert value(series, "cbr_watcher_tasks_finished_total", **labels) == 0
     assert (
-        value(series, "cbr_watcher_tasks_finished_total", status="not_found",
-              operation_type="unknown") == 0
+        value(
+            series, "cbr_watcher_tasks_finished_total", status="not_found", operation_type="unknown"
+        )
+        == 0
     )
     for code in ("200", "404", "429", "500", "timeout", "connection"):
-        assert value(series, "cbr_watcher_api_requests_total", operation="show_op_log",
-                     code=code) == 0
-    assert value(series, "cbr_watcher_api_request_duration_seconds_count",
-                 operation="show_op_log") == 0
+        assert (
+            value(series, "cbr_watcher_api_requests_total", operation="show_op_log", code=code) == 0
+        )
+    assert (
+        value(series, "cbr_watcher_api_request_duration_seconds_count", operation="show_op_log")
+        == 0
+    )
     assert value(series, "cbr_watcher_api_throttled_total") == 0
     assert value(series, "cbr_watcher_task_series_dropped_total") == 0
     assert value(series, "cbr_watcher_detection_delay_seconds_count") == 0
@@ -143,11 +148,14 @@ def test_low_cardinality_counters_start_at_zero() -> None:
     for status in AGGREGATE_STATUSES:
         assert value(series, "cbr_watcher_tasks", status=status) == 0
     for outcome in ("delivered", "dead_lettered"):
-        assert value(series, "cbr_watcher_webhook_deliveries_total", receiver="ops",
-                     outcome=outcome) == 0
+        assert (
+            value(series, "cbr_watcher_webhook_deliveries_total", receiver="ops", outcome=outcome)
+            == 0
+        )
     for result in ("success", "server_error", "timeout", "gone"):
-        assert value(series, "cbr_watcher_webhook_attempts_total", receiver="ops",
-                     result=result) == 0
+        assert (
+            value(series, "cbr_watcher_webhook_attempts_total", receiver="ops", result=result) == 0
+        )
     assert value(series, "cbr_watcher_webhook_delivery_latency_seconds_count", receiver="ops") == 0
     assert value(series, "cbr_watcher_webhook_queue_depth", receiver="ops") == 0
     assert value(series, "cbr_watcher_webhook_receiver_disabled", receiver="ops") == 0
@@ -178,10 +186,16 @@ def test_duration_buckets_reach_two_days() -> None:
 async def test_engine_run_feeds_every_metric(world: World) -> None:
     """A backup that succeeds, a restore that fails and a mistyped ID, watched to the end."""
     sim, clock = world.sim, world.clock
-    ok = sim.add_task(SimTaskSpec(id="ok-backup", waiting=30, running=600, vault_name="vault-a",
-                                  resource_name="ecs-a"))
-    bad = sim.add_task(SimTaskSpec(id="bad-restore", operation_type="restore", outcome="failed",
-                                   waiting=10, running=300))
+    ok = sim.add_task(
+        SimTaskSpec(
+            id="ok-backup", waiting=30, running=600, vault_name="vault-a", resource_name="ecs-a"
+        )
+    )
+    bad = sim.add_task(
+        SimTaskSpec(
+            id="bad-restore", operation_type="restore", outcome="failed", waiting=10, running=300
+        )
+    )
     metrics = Metrics(clock=clock, retention=900)
     client = CbrClient(
         endpoint=world.base_url,
@@ -194,8 +208,7 @@ async def test_engine_run_feeds_every_metric(world: World) -> None:
         engine = Engine(
             client=client,
             clock=clock,
-            policy=Policy(interval_min=5, interval_max=60, deadline=6 * 3600,
-                          not_found_grace=120),
+            policy=Policy(interval_min=5, interval_max=60, deadline=6 * 3600, not_found_grace=120),
             rng=random.Random(5),
             on_event=metrics.wrap_sink(_discard),
         )
@@ -204,8 +217,9 @@ async def test_engine_run_feeds_every_metric(world: World) -> None:
             engine.add(task_id)
         async with Running(world, engine) as running:
             await running.until(
-                lambda: (engine.tasks[ok].progress or 0) >= 50
-                and engine.tasks[ok].status == "running"
+                lambda: (
+                    (engine.tasks[ok].progress or 0) >= 50 and engine.tasks[ok].status == "running"
+                )
             )
             task = engine.tasks[ok]
             series = scrape(metrics)
@@ -240,10 +254,12 @@ async def test_engine_run_feeds_every_metric(world: World) -> None:
         series, "cbr_watcher_last_success_timestamp_seconds", operation_type="backup"
     ) == pytest.approx(ended_ok.ended_at.timestamp())
     # Every request the simulator answered was counted with its code.
-    answered_200 = value(series, "cbr_watcher_api_requests_total", operation="show_op_log",
-                         code="200")
-    answered_404 = value(series, "cbr_watcher_api_requests_total", operation="show_op_log",
-                         code="404")
+    answered_200 = value(
+        series, "cbr_watcher_api_requests_total", operation="show_op_log", code="200"
+    )
+    answered_404 = value(
+        series, "cbr_watcher_api_requests_total", operation="show_op_log", code="404"
+    )
     assert answered_200 is not None
     assert answered_404 is not None
     assert answered_200 + answered_404 == sum(sim.request_count(t) for t in (ok, bad, "typo-id"))
@@ -279,8 +295,7 @@ def test_series_disappear_after_retention_on_the_fake_clock() -> None:
     metrics = Metrics(clock=clock, retention=900)
     metrics.attach(table)
     now = clock.wall()
-    table.put(watched("done", status="success", progress=100, ended_wall=now,
-                      end_reason="success"))
+    table.put(watched("done", status="success", progress=100, ended_wall=now, end_reason="success"))
     table.put(watched("busy"))
     clock.advance(899)
     series = scrape(metrics)
@@ -288,8 +303,11 @@ def test_series_disappear_after_retention_on_the_fake_clock() -> None:
     assert value(series, "cbr_watcher_tasks", status="success") == 1
     clock.advance(2)
     series = scrape(metrics)
-    assert not [labels for labels in names_with(series, "cbr_watcher_task_status")
-                if labels["task_id"] == "done"]
+    assert not [
+        labels
+        for labels in names_with(series, "cbr_watcher_task_status")
+        if labels["task_id"] == "done"
+    ]
     assert value(series, "cbr_watcher_task_progress_ratio", task_id="done") is None
     assert value(series, "cbr_watcher_tasks", status="success") == 0
     # A task that has not ended is never retired, however old.
@@ -307,11 +325,15 @@ async def test_engine_forgets_and_metrics_agree(world: World) -> None:
         await running.until(engine.all_done)
         ended = engine.tasks["quick"].ended_wall
         assert ended is not None
-        assert value(scrape(metrics), "cbr_watcher_task_status", task_id="quick",
-                     status="success") == 1
+        assert (
+            value(scrape(metrics), "cbr_watcher_task_status", task_id="quick", status="success")
+            == 1
+        )
         await running.until(lambda: world.clock.wall() > ended + 601)
-        assert value(scrape(metrics), "cbr_watcher_task_status", task_id="quick",
-                     status="success") is None
+        assert (
+            value(scrape(metrics), "cbr_watcher_task_status", task_id="quick", status="success")
+            is None
+        )
 
 
 def test_series_cap_prefers_unfinished_tasks_and_counts_each_dropped_task_once() -> None:
@@ -360,14 +382,20 @@ def test_status_state_set_has_one_series_per_status() -> None:
     table.put(watched("known"))
     table.put(watched("odd", status="paused"))
     table.put(watched("fresh", status=None, progress=None))
-    table.put(watched("gone", status=None, progress=None, ended_wall=clock.wall(),
-                      end_reason="not_found"))
+    table.put(
+        watched("gone", status=None, progress=None, ended_wall=clock.wall(), end_reason="not_found")
+    )
     table.put(watched("late", status="running", ended_wall=clock.wall(), end_reason="expired"))
     metrics = Metrics(clock=clock)
     metrics.attach(table)
     series = scrape(metrics)
-    expected = {"known": "running", "odd": "paused", "fresh": "unknown", "gone": "not_found",
-                "late": "expired"}
+    expected = {
+        "known": "running",
+        "odd": "paused",
+        "fresh": "unknown",
+        "gone": "not_found",
+        "late": "expired",
+    }
     for task_id, current in expected.items():
         statuses = {
             labels["status"]: value(series, "cbr_watcher_task_status", **labels)
@@ -401,7 +429,7 @@ def _odd_table(clock: FakeClock, count: int = 60) -> Table:
     """Tasks in every state, with label values that need escaping."""
     rng = random.Random(7)
     table = Table()
-    names = ['plain', 'quote"d', "back\\slash", "new\nline", "ünïcode ✓", ""]
+    names = ["plain", 'quote"d', "back\\slash", "new\nline", "ünïcode ✓", ""]
     for n in range(count):
         status = rng.choice([*TASK_STATUSES, "paused", None])
         ended = rng.random() < 0.3
@@ -412,11 +440,15 @@ def _odd_table(clock: FakeClock, count: int = 60) -> Table:
                 progress=rng.choice([None, 0, 37, 100]),
                 ended_wall=clock.wall() - rng.uniform(0, 800) if ended else None,
                 end_reason=(status if status in ("success", "failed") else "expired")
-                if ended else None,
-                raw={"vault_name": rng.choice(names), "extra_info": {
-                    "resource": {"name": rng.choice(names), "type": "OS::Nova::Server"},
-                    "common": {"progress": 5},
-                }},
+                if ended
+                else None,
+                raw={
+                    "vault_name": rng.choice(names),
+                    "extra_info": {
+                        "resource": {"name": rng.choice(names), "type": "OS::Nova::Server"},
+                        "common": {"progress": 5},
+                    },
+                },
             )
         )
     return table
@@ -482,13 +514,24 @@ def test_last_success_only_moves_forward_and_can_be_restored() -> None:
     assert value(series, name, operation_type="backup") == 1000.0
     assert value(series, name, operation_type="restore") == 50.0
     operation_log = OperationLog.from_raw(
-        {"id": "t", "status": "success", "operation_type": "backup",
-         "started_at": "2026-01-01T00:00:00Z", "ended_at": "2026-01-01T02:00:00Z"}
+        {
+            "id": "t",
+            "status": "success",
+            "operation_type": "backup",
+            "started_at": "2026-01-01T00:00:00Z",
+            "ended_at": "2026-01-01T02:00:00Z",
+        }
     )
     metrics.record_event(
-        TaskEvent(type=TASK_SUCCEEDED, task_id="t", occurred_at=1_767_232_830.0,
-                  status="success", previous_status="running", progress=100,
-                  operation_log=operation_log)
+        TaskEvent(
+            type=TASK_SUCCEEDED,
+            task_id="t",
+            occurred_at=1_767_232_830.0,
+            status="success",
+            previous_status="running",
+            progress=100,
+            operation_log=operation_log,
+        )
     )
     series = scrape(metrics)
     assert value(series, name, operation_type="backup") == 1_767_232_800.0  # ended_at
@@ -507,8 +550,10 @@ def test_request_observer_counts_codes_and_throttling() -> None:
     assert value(series, requests, operation="show_op_log", code="429") == 1
     assert value(series, requests, operation="show_op_log", code="418") == 1
     assert value(series, "cbr_watcher_api_throttled_total") == 1
-    assert value(series, "cbr_watcher_api_request_duration_seconds_count",
-                 operation="show_op_log") == 4
+    assert (
+        value(series, "cbr_watcher_api_request_duration_seconds_count", operation="show_op_log")
+        == 4
+    )
 
 
 def test_webhook_and_auth_api() -> None:
@@ -547,5 +592,7 @@ def test_each_metrics_object_has_its_own_registry() -> None:
     """Two daemons in one process (tests) do not share series."""
     first, second = Metrics(clock=FakeClock()), Metrics(clock=FakeClock())
     first.observe_request("show_op_log", "200", 0.1)
-    assert value(scrape(second), "cbr_watcher_api_requests_total", operation="show_op_log",
-                 code="200") == 0
+    assert (
+        value(scrape(second), "cbr_watcher_api_requests_total", operation="show_op_log", code="200")
+        == 0
+    )

@@ -202,8 +202,11 @@ async def test_run_daemon_serves_metrics_health_and_readiness() -> None:
             overrides={
                 "cbr": {"endpoint": base_url, "project_id": sim.project_id},
                 "auth": {"method": "token", "token": "t0ken"},
-                "watch": {"tasks": [task_id], "poll_interval_min": "0.1s",
-                          "poll_interval_max": "0.2s"},
+                "watch": {
+                    "tasks": [task_id],
+                    "poll_interval_min": "0.1s",
+                    "poll_interval_max": "0.2s",
+                },
                 "state": {"path": ":memory:"},
                 "server": {"listen": "127.0.0.1:0", "api_listen": ""},
                 "webhooks": [{"name": "ops", "url": "http://127.0.0.1:9/hook"}],
@@ -222,14 +225,19 @@ async def test_run_daemon_serves_metrics_health_and_readiness() -> None:
                     assert response.status == 200
                     body = await response.json()
                 assert body["conditions"] == {
-                    "config": True, "state": True, "tasks": True, "listener": True,
+                    "config": True,
+                    "state": True,
+                    "tasks": True,
+                    "listener": True,
                     "store": True,
                 }
                 async with session.get(handle.metrics_url + "/healthz") as response:
                     assert response.status == 200
                 series: dict[tuple[str, frozenset[tuple[str, str]]], float] = {}
-                running = ("cbr_watcher_task_status",
-                           frozenset({("task_id", task_id), ("status", "running")}))
+                running = (
+                    "cbr_watcher_task_status",
+                    frozenset({("task_id", task_id), ("status", "running")}),
+                )
                 while series.get(running) != 1:
                     async with session.get(handle.metrics_url + "/metrics") as response:
                         text = await response.text()
@@ -239,8 +247,10 @@ async def test_run_daemon_serves_metrics_health_and_readiness() -> None:
                         for s in family.samples
                     }
                     await asyncio.sleep(0.05)
-                ok = ("cbr_watcher_api_requests_total",
-                      frozenset({("operation", "show_op_log"), ("code", "200")}))
+                ok = (
+                    "cbr_watcher_api_requests_total",
+                    frozenset({("operation", "show_op_log"), ("code", "200")}),
+                )
                 assert series[ok] >= 2  # counted by the client's observer
                 queue = ("cbr_watcher_webhook_queue_depth", frozenset({("receiver", "ops")}))
                 assert queue in series

@@ -37,31 +37,46 @@ def cbr_headers(**extra: str) -> dict[str, str]:
 
 VECTORS = [
     pytest.param(
-        "GET", SERVICE, {"X-Sdk-Date": "20200608T023900Z", "TEST_UNDERSCORE": "TEST_VALUE"}, b"",
-        "host;x-sdk-date", "cfb4171acec81de07d50e53d57eb77edd537414d66ddb1d7d780f128e12cd842",
+        "GET",
+        SERVICE,
+        {"X-Sdk-Date": "20200608T023900Z", "TEST_UNDERSCORE": "TEST_VALUE"},
+        b"",
+        "host;x-sdk-date",
+        "cfb4171acec81de07d50e53d57eb77edd537414d66ddb1d7d780f128e12cd842",
         id="1-sdk-get",
     ),
     pytest.param(
-        "POST", SERVICE, {"X-Sdk-Date": "20200608T023900Z", "TEST_UNDERSCORE": "TEST_VALUE"},
+        "POST",
+        SERVICE,
+        {"X-Sdk-Date": "20200608T023900Z", "TEST_UNDERSCORE": "TEST_VALUE"},
         b'{"name":"test","id":1}',
-        "host;x-sdk-date", "436b1ac0a1ae03705934bb70ef2f2e09f7bfed2117d731a38235053199323a1f",
+        "host;x-sdk-date",
+        "436b1ac0a1ae03705934bb70ef2f2e09f7bfed2117d731a38235053199323a1f",
         id="2-sdk-post",
     ),
     pytest.param(
-        "GET", f"{CBR}/{TASK}", cbr_headers(), b"",
+        "GET",
+        f"{CBR}/{TASK}",
+        cbr_headers(),
+        b"",
         "content-type;host;x-project-id;x-sdk-date",
         "7fc670264ef977d2f405975193ebf8c65a62788268c9ce6da02645f69bf9ce62",
         id="3-show-op-log",
     ),
     pytest.param(
-        "GET", f"{CBR}?limit=100&offset=0&start_time=2024-01-01T00%3A00%3A00Z&status=running",
-        cbr_headers(), b"",
+        "GET",
+        f"{CBR}?limit=100&offset=0&start_time=2024-01-01T00%3A00%3A00Z&status=running",
+        cbr_headers(),
+        b"",
         "content-type;host;x-project-id;x-sdk-date",
         "538abdd9ab3f6d1878f6cccb4c938a31c29dc3b576b8e430c2ecb0d0a87257ce",
         id="4-list-op-logs",
     ),
     pytest.param(
-        "GET", f"{CBR}/{TASK}", cbr_headers(**{"X-Security-Token": "TOKEN123"}), b"",
+        "GET",
+        f"{CBR}/{TASK}",
+        cbr_headers(**{"X-Security-Token": "TOKEN123"}),
+        b"",
         "content-type;host;x-project-id;x-sdk-date;x-security-token",
         "49b20a7375d8f1afa0738eb68062587e4faf02f39e98278b7fa9f90ae4f89c5d",
         id="5-security-token",
@@ -74,8 +89,9 @@ def test_reference_vectors(
     method: str, url: str, headers: dict[str, str], body: bytes, signed: str, signature: str
 ) -> None:
     """Each vector gives exactly the documented Authorization header."""
-    signer.sign(method, URL(url, encoded=True), headers, body,
-                access_key=AK, secret_key=SK, now=0.0)
+    signer.sign(
+        method, URL(url, encoded=True), headers, body, access_key=AK, secret_key=SK, now=0.0
+    )
     assert headers["Authorization"] == (
         f"SDK-HMAC-SHA256 Access={AK}, SignedHeaders={signed}, Signature={signature}"
     )
@@ -106,8 +122,15 @@ def test_vector_3_canonical_request_and_string_to_sign() -> None:
 def test_date_and_host_are_added_from_the_clock_and_url() -> None:
     """Without X-Sdk-Date the injected time is used; the Host carries a non-default port."""
     headers: dict[str, str] = {}
-    signer.sign("GET", URL("http://127.0.0.1:8080/x"), headers, b"",
-                access_key=AK, secret_key=SK, now=1_704_067_200.0)
+    signer.sign(
+        "GET",
+        URL("http://127.0.0.1:8080/x"),
+        headers,
+        b"",
+        access_key=AK,
+        secret_key=SK,
+        now=1_704_067_200.0,
+    )
     assert headers["X-Sdk-Date"] == "20240101T000000Z"
     assert headers["Host"] == "127.0.0.1:8080"
 
@@ -138,12 +161,47 @@ class Generated:
     @property
     def url(self) -> URL:
         query = signer.encode_query(self.query)
-        return URL(f"https://{self.host}{self.raw_path}" + (f"?{query}" if query else ""),
-                   encoded=True)
+        return URL(
+            f"https://{self.host}{self.raw_path}" + (f"?{query}" if query else ""), encoded=True
+        )
 
 
-_TEXT = ["a", "Z", "0", "-", "_", ".", "~", " ", ":", "/", "?", "#", "[", "]", "@", "!", "$",
-         "&", "'", "(", ")", "*", "+", ",", ";", "=", "%", "é", "ü", "中", "😀", "\"", "<", "^"]
+_TEXT = [
+    "a",
+    "Z",
+    "0",
+    "-",
+    "_",
+    ".",
+    "~",
+    " ",
+    ":",
+    "/",
+    "?",
+    "#",
+    "[",
+    "]",
+    "@",
+    "!",
+    "$",
+    "&",
+    "'",
+    "(",
+    ")",
+    "*",
+    "+",
+    ",",
+    ";",
+    "=",
+    "%",
+    "é",
+    "ü",
+    "中",
+    "😀",
+    '"',
+    "<",
+    "^",
+]
 
 
 def _text(rng: random.Random, low: int = 1, high: int = 8) -> str:
@@ -160,8 +218,10 @@ def generate(rng: random.Random) -> Generated:
     query = [(_text(rng), _text(rng, 0, 6)) for _ in range(rng.randint(0, 5))]
     if query and rng.random() < 0.3:
         query.append((query[0][0], _text(rng, 0, 4)))  # a repeated key
-    headers = {"X-Sdk-Date": f"2024{rng.randint(1, 12):02d}{rng.randint(1, 28):02d}T"
-                             f"{rng.randint(0, 23):02d}{rng.randint(0, 59):02d}00Z"}
+    headers = {
+        "X-Sdk-Date": f"2024{rng.randint(1, 12):02d}{rng.randint(1, 28):02d}T"
+        f"{rng.randint(0, 23):02d}{rng.randint(0, 59):02d}00Z"
+    }
     if rng.random() < 0.8:
         headers["Content-Type"] = rng.choice(
             ["application/json", "application/json;charset=UTF-8", "text/plain", "application/bson"]
@@ -213,8 +273,15 @@ def test_matches_the_official_sdk_signer(sdk_signer: Any) -> None:
     for request in generated_requests():
         expected_authorization, expected_uri = sdk_signer(request)
         headers = dict(request.headers)
-        signer.sign(request.method, request.url, headers, request.body,
-                    access_key=AK, secret_key=SK, now=0.0)
+        signer.sign(
+            request.method,
+            request.url,
+            headers,
+            request.body,
+            access_key=AK,
+            secret_key=SK,
+            now=0.0,
+        )
         assert headers["Authorization"] == expected_authorization, request
         assert request.url.raw_path_qs == expected_uri, request
         compared += 1
@@ -227,23 +294,34 @@ def test_simulator_verifier_accepts_every_generated_signature() -> None:
     for request in generated_requests(200):
         headers = dict(request.headers)
         url = request.url
-        signer.sign(request.method, url, headers, request.body,
-                    access_key=AK, secret_key=SK, now=0.0)
-        call = SignedCall(request.method, url.raw_path, url.raw_query_string,
-                          CIMultiDict(headers), request.body)
+        signer.sign(
+            request.method, url, headers, request.body, access_key=AK, secret_key=SK, now=0.0
+        )
+        call = SignedCall(
+            request.method, url.raw_path, url.raw_query_string, CIMultiDict(headers), request.body
+        )
         when = signer_time(headers["X-Sdk-Date"])
         assert verify(call, {AK: SK}, when).reason is None, request
         tampered = [
             SignedCall("OPTIONS", call.raw_path, call.raw_query, call.headers, call.body),
             SignedCall(call.method, call.raw_path + "x", call.raw_query, call.headers, call.body),
-            SignedCall(call.method, call.raw_path, call.raw_query + "&extra=1", call.headers,
-                       call.body),
-            SignedCall(call.method, call.raw_path, call.raw_query,
-                       CIMultiDict({**headers, "Host": "evil.example"}), call.body),
+            SignedCall(
+                call.method, call.raw_path, call.raw_query + "&extra=1", call.headers, call.body
+            ),
+            SignedCall(
+                call.method,
+                call.raw_path,
+                call.raw_query,
+                CIMultiDict({**headers, "Host": "evil.example"}),
+                call.body,
+            ),
         ]
         if request.body and "X-Sdk-Content-Sha256" not in headers:
-            tampered.append(SignedCall(call.method, call.raw_path, call.raw_query,
-                                       call.headers, call.body + b"!"))
+            tampered.append(
+                SignedCall(
+                    call.method, call.raw_path, call.raw_query, call.headers, call.body + b"!"
+                )
+            )
         for bad in tampered:
             assert verify(bad, {AK: SK}, when).reason is not None, (request, bad)
         assert verify(call, {AK: "other"}, when).reason is not None

@@ -60,8 +60,9 @@ class Caller:
     ) -> tuple[int, Headers, Any]:
         """Sign with `extra` headers included, then add `after` headers unsigned."""
         headers = {"Content-Type": "application/json", "X-Project-Id": PID, **(extra or {})}
-        signer.sign("GET", url, headers, b"", access_key=ak, secret_key=sk,
-                    now=self.clock.wall() + skew)
+        signer.sign(
+            "GET", url, headers, b"", access_key=ak, secret_key=sk, now=self.clock.wall() + skew
+        )
         return await self.send(url, {**headers, **(after or {})})
 
 
@@ -83,7 +84,9 @@ def clock() -> FakeClock:
 @pytest.fixture
 def sim(clock: FakeClock) -> Simulator:
     sim = Simulator(
-        clock, seed=2, users=[USER],
+        clock,
+        seed=2,
+        users=[USER],
         access_keys=[AccessKey(AK, SK), AccessKey(TEMP_AK, TEMP_SK, STS)],
     )
     sim.add_task(SimTaskSpec(id="t-1"))
@@ -128,19 +131,38 @@ async def test_iam_issues_a_project_scoped_token(
 
 @pytest.mark.parametrize(
     "body",
-    [password_body("wrong"), {**password_body(), "auth": {
-        **password_body()["auth"],
-        "identity": {"methods": ["password"], "password": {"user": {
-            "name": "nobody", "password": "pw-correct", "domain": {"name": "acme"}}}},
-    }}],
+    [
+        password_body("wrong"),
+        {
+            **password_body(),
+            "auth": {
+                **password_body()["auth"],
+                "identity": {
+                    "methods": ["password"],
+                    "password": {
+                        "user": {
+                            "name": "nobody",
+                            "password": "pw-correct",
+                            "domain": {"name": "acme"},
+                        }
+                    },
+                },
+            },
+        },
+    ],
     ids=["wrong-password", "unknown-user"],
 )
 async def test_iam_wrong_credentials_are_401(caller: Caller, body: dict[str, Any]) -> None:
     status, headers, answer = await caller.token_request(body)
     assert status == 401
     assert "X-Subject-Token" not in headers
-    assert answer == {"error": {"code": 401, "title": "Unauthorized",
-                                "message": "The username or password is wrong."}}
+    assert answer == {
+        "error": {
+            "code": 401,
+            "title": "Unauthorized",
+            "message": "The username or password is wrong.",
+        }
+    }
 
 
 @pytest.mark.parametrize(
@@ -204,11 +226,16 @@ async def test_requests_signed_by_the_official_sdk_pass(
 
     base = URL(caller.base_url)
     request = SdkRequest(
-        method="GET", schema="http", host=f"{base.host}:{base.port}",
+        method="GET",
+        schema="http",
+        host=f"{base.host}:{base.port}",
         resource_path=f"/v3/{PID}/operation-logs",
         query_params=[("start_time", "2025-12-31T00:00:00Z"), ("status", "waiting")],
-        header_params={"Content-Type": "application/json", "X-Project-Id": PID,
-                       "X-Sdk-Date": signer.sdk_date(clock.wall())},
+        header_params={
+            "Content-Type": "application/json",
+            "X-Project-Id": PID,
+            "X-Sdk-Date": signer.sdk_date(clock.wall()),
+        },
         body=b"",
     )
     Signer(types.SimpleNamespace(ak=AK, sk=SK)).sign(request)
@@ -233,9 +260,7 @@ async def test_an_unknown_access_key_is_401(caller: Caller) -> None:
 
 
 @pytest.mark.parametrize(("skew", "ok"), [(-899, True), (899, True), (-901, False), (901, False)])
-async def test_x_sdk_date_must_be_within_15_minutes(
-    caller: Caller, skew: float, ok: bool
-) -> None:
+async def test_x_sdk_date_must_be_within_15_minutes(caller: Caller, skew: float, ok: bool) -> None:
     status, _, body = await caller.signed(caller.url("t-1"), skew=skew)
     assert (status == 200) is ok
     if not ok:
@@ -276,9 +301,7 @@ async def test_more_than_five_failures_lock_the_access_key_for_five_minutes(
 # -- configuration ----------------------------------------------------------------------------
 
 
-async def test_control_api_replaces_credentials(
-    sim: Simulator, caller: Caller
-) -> None:
+async def test_control_api_replaces_credentials(sim: Simulator, caller: Caller) -> None:
     body = {
         "users": [{"domain": "d2", "user": "u2", "password": "p2"}],
         "access_keys": [{"access_key": "AK2", "secret_key": "SK2", "security_token": ""}],
@@ -288,7 +311,10 @@ async def test_control_api_replaces_credentials(
     async with caller.session.put(f"{caller.base_url}/_sim/auth", json=body) as resp:
         assert resp.status == 200
         assert await resp.json() == {
-            "users": 1, "access_keys": 1, "token_lifetime": 600.0, "iam_unavailable": False
+            "users": 1,
+            "access_keys": 1,
+            "token_lifetime": 600.0,
+            "iam_unavailable": False,
         }
     assert (await caller.signed(caller.url("t-1"), ak="AK2", sk="SK2"))[0] == 200
     assert (await caller.signed(caller.url("t-1")))[0] == 401  # AK1 is gone
@@ -302,8 +328,10 @@ async def test_control_api_replaces_credentials(
         ({}, "tokens"),
         ({"user": []}, "access_keys"),
         ({"users": [{"domain": "d", "user": "u"}]}, "users[0].password"),
-        ({"access_keys": [{"access_key": "a", "secret_key": "s", "x": 1}]},
-         "access_keys[0].x: unknown key"),
+        (
+            {"access_keys": [{"access_key": "a", "secret_key": "s", "x": 1}]},
+            "access_keys[0].x: unknown key",
+        ),
         ({"token_lifetime": "soon"}, "token_lifetime"),
         ({"token_lifetime": 0}, "token_lifetime"),
         ({"iam_unavailable": "yes"}, "iam_unavailable"),

@@ -285,7 +285,14 @@ async def test_daemon_speaks_sd_notify(
     long_id = sim.add_task(SimTaskSpec(id="long", waiting=0.1, running=3600))
     short_id = sim.add_task(SimTaskSpec(id="short", waiting=0.1, running=0.5))
     proc = await spawn(
-        sys.executable, "-m", "watcher", "run", "--task", long_id, "--task", short_id,
+        sys.executable,
+        "-m",
+        "watcher",
+        "run",
+        "--task",
+        long_id,
+        "--task",
+        short_id,
         env=systemd_env(sim, base_url, receiver.env_value, tmp_path),
     )
     messages: list[str] = []
@@ -300,10 +307,9 @@ async def test_daemon_speaks_sd_notify(
                 async with session.get(metrics_url + path) as response:
                     assert response.status == 200, path
         # Live: both tasks are polled; the short one finishes; the watchdog keeps pinging.
-        while (
-            lines_of(messages).count("WATCHDOG=1") < 5
-            or "STATUS=watching 1 task, 1 finished; upstream OK" not in lines_of(messages)
-        ):
+        while lines_of(messages).count(
+            "WATCHDOG=1"
+        ) < 5 or "STATUS=watching 1 task, 1 finished; upstream OK" not in lines_of(messages):
             messages.append(await receiver.next())
         assert sim.request_count(long_id) > 0
         proc.send_signal(signal.SIGTERM)

@@ -99,9 +99,7 @@ async def run_demo(*, speed: float = 20.0, out: TextIO | None = None) -> int:
 
     def on_started(handle: DaemonHandle) -> None:
         handles.append(handle)
-        stream.write(
-            f"  metrics: {handle.metrics_url}/metrics  (health: /healthz, /readyz)\n\n"
-        )
+        stream.write(f"  metrics: {handle.metrics_url}/metrics  (health: /healthz, /readyz)\n\n")
         stream.flush()
 
     async with sim.running() as base_url, DemoReceiver(clock) as receiver:

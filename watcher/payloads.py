@@ -17,9 +17,7 @@ def rfc3339(timestamp: float | datetime | None) -> str | None:
     if timestamp is None:
         return None
     moment = (
-        timestamp
-        if isinstance(timestamp, datetime)
-        else datetime.fromtimestamp(timestamp, tz=UTC)
+        timestamp if isinstance(timestamp, datetime) else datetime.fromtimestamp(timestamp, tz=UTC)
     )
     return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
