@@ -299,9 +299,10 @@ def test_any_progress_is_unknown_or_within_0_to_100(value: object) -> None:
         assert progress == (max(0, min(100, int(value))) if math.isfinite(value) else None)
 
 
-OFFSETS = st.timedeltas(
-    min_value=timedelta(hours=-23, minutes=-59), max_value=timedelta(hours=23, minutes=59)
+OFFSETS = st.integers(min_value=-(23 * 60 + 59), max_value=23 * 60 + 59).map(
+    lambda minutes: timedelta(minutes=minutes)
 )
+"""UTC offsets as timestamps carry them: whole minutes (a seconds-precise offset is not one)."""
 
 
 @FUZZ
