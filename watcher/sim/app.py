@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import weakref
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
 
 from aiohttp import web
 
@@ -23,24 +22,14 @@ from watcher.sim import bodies, hostile
 from watcher.sim.core import SimCore, SimRequest
 from watcher.sim.faults import Fault
 from watcher.sim.iam import TOKENS_PATH, http_date
+from watcher.sim.listing import parse_list_query, select
 from watcher.sim.signature import SignedCall
-from watcher.sim.specs import spec_from_mapping
-from watcher.sim.tasks import matches, task_state
+from watcher.sim.specs import policy_from_mapping, spec_from_mapping
+from watcher.sim.tasks import task_state
 
 API_PREFIX = "/v3/"
 SHOW_PATH = "/v3/{project_id}/operation-logs/{operation_log_id}"
 LIST_PATH = "/v3/{project_id}/operation-logs"
-LIST_FILTERS = (
-    "status",
-    "operation_type",
-    "vault_id",
-    "vault_name",
-    "resource_id",
-    "resource_name",
-    "provider_id",
-)
-MAX_LIMIT = 1000
-TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 BODY_FAULTS = frozenset({"deep_json", "oversized", "far_date", "surrogate", "progress"})
 CHUNK_BYTES = 64 * 1024
 
@@ -73,6 +62,8 @@ def make_app(sim: SimCore) -> web.Application:
     app.router.add_post("/_sim/tasks", control.add_tasks)
     app.router.add_get("/_sim/tasks", control.list_tasks)
     app.router.add_get("/_sim/tasks/{task_id}/requests", control.task_requests)
+    app.router.add_post("/_sim/policies", control.add_policies)
+    app.router.add_get("/_sim/policies", control.list_policies)
     app.router.add_get("/_sim/stats", control.stats)
     app.router.add_put("/_sim/auth", control.set_auth)
     return app
@@ -229,57 +220,20 @@ class _CbrApi:
         return json_response(200, {"operation_log": log})
 
     async def list_logs(self, request: web.Request) -> web.StreamResponse:
-        """GET /v3/{project_id}/operation-logs with filters and offset/limit paging."""
-        query = request.query
+        """GET /v3/{project_id}/operation-logs: filters, time window, offset/limit paging
+        (semantics in `watcher.sim.listing`)."""
         try:
-            limit = _int_param(query.get("limit"), "limit", MAX_LIMIT, 1, MAX_LIMIT)
-            offset = _int_param(query.get("offset"), "offset", 0, 0, None)
-            after = _time_param(query.get("start_time"), "start_time")
-            before = _time_param(query.get("end_time"), "end_time")
+            query = parse_list_query(request.query)
         except ValueError as error:
             return json_response(400, bodies.bad_parameter(str(error)))
-        filters = {key: query[key] for key in LIST_FILTERS if key in query}
         now = self.sim.clock.wall()
-        found = []
-        for task in self.sim.tasks.values():
-            if not task.visible(now):
-                continue
-            # A time window over creation time: which timestamp CBR filters on is unverified.
-            if (after is not None and task.created_wall < after) or (
-                before is not None and task.created_wall > before
-            ):
-                continue
-            state = task_state(task, now)
-            if matches(task, state.status, filters):
-                found.append((task, state))
-        found.sort(key=lambda pair: (-pair[0].created_wall, pair[0].id))
-        page = found[offset : offset + limit]
-        logs = [bodies.operation_log(task, state, self.sim.project_id) for task, state in page]
+        count, page = select(self.sim.listing(), query, now)
+        project_id = self.sim.project_id
+        logs = [bodies.operation_log(task, task_state(task, now), project_id) for task in page]
         return json_response(
-            200, {"operation_logs": logs, "count": len(found), "limit": limit, "offset": offset}
+            200,
+            {"operation_logs": logs, "count": count, "limit": query.limit, "offset": query.offset},
         )
-
-
-def _int_param(raw: str | None, name: str, default: int, low: int, high: int | None) -> int:
-    if raw is None:
-        return default
-    text = raw.strip()
-    value = int(text) if text.isdigit() else -1
-    if value < low or (high is not None and value > high):
-        bounds = f"from {low} to {high}" if high is not None else f"of at least {low}"
-        raise ValueError(f"Invalid parameter {name}: expected an integer {bounds}, got {raw!r}.")
-    return value
-
-
-def _time_param(raw: str | None, name: str) -> float | None:
-    if raw is None or raw == "":
-        return None
-    try:
-        return datetime.strptime(raw, TIME_FORMAT).replace(tzinfo=UTC).timestamp()
-    except ValueError:
-        raise ValueError(
-            f"Invalid parameter {name}: expected a time like 2018-02-01T12:00:00Z, got {raw!r}."
-        ) from None
 
 
 def _abort(request: web.Request) -> None:
@@ -326,9 +280,35 @@ class _ControlApi:
                     "progress": state.progress,
                     "visible": task.visible(now),
                     "requests": self.sim.request_count(task.id),
+                    "policy_id": task.spec.policy_id,
+                    "resource_id": task.resource_id,
                 }
             )
         return json_response(200, {"tasks": tasks})
+
+    async def add_policies(self, request: web.Request) -> web.StreamResponse:
+        """POST /_sim/policies: one policy object or a list, started now → 201 {"ids": [...]}."""
+        try:
+            body = await request.json()
+        except ValueError:
+            return json_response(400, {"error": "body is not valid JSON"})
+        items = body if isinstance(body, list) else [body]
+        try:
+            specs = [
+                policy_from_mapping(
+                    item, f"policies[{position}]" if isinstance(body, list) else "policy"
+                )
+                for position, item in enumerate(items)
+            ]
+            ids = self.sim.add_policies(specs)
+        except ValueError as error:
+            return json_response(400, {"error": str(error)})
+        return json_response(201, {"ids": ids})
+
+    async def list_policies(self, request: web.Request) -> web.StreamResponse:
+        """GET /_sim/policies: every policy, with how many tasks it has created so far."""
+        self.sim.materialize()
+        return json_response(200, {"policies": [policy.summary() for policy in self.sim.policies]})
 
     async def task_requests(self, request: web.Request) -> web.StreamResponse:
         """GET /_sim/tasks/{id}/requests → {"task_id": ..., "requests": N}."""

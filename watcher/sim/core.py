@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 
@@ -19,6 +19,8 @@ from watcher.clock import Clock
 from watcher.sim.auth import DEFAULT_TOKEN_LIFETIME, AccessKey, SimAuth, User
 from watcher.sim.faults import FaultInjector, FaultProfile, parse_fault
 from watcher.sim.iam import IamApi
+from watcher.sim.listing import NewestFirst
+from watcher.sim.policies import PolicySchedule, PolicySpec
 from watcher.sim.tasks import SimTask, SimTaskSpec, TaskState, random_uuid, realize, task_state
 from watcher.task_ids import validate_task_id
 
@@ -48,7 +50,9 @@ class SimCore:
     """The state behind a faithful fake of the CBR operation-log API, on an injected clock.
 
     Tasks are lazy: their state is computed from their creation time whenever asked, so the
-    simulator needs no timers and a FakeClock can jump freely.
+    simulator needs no timers and a FakeClock can jump freely. Policies are lazy too: the
+    tasks they start exist from the first look at the tasks (`tasks`, `state`, `listing`, any
+    API request) after their creation time, each with that creation time.
     """
 
     def __init__(
@@ -80,6 +84,8 @@ class SimCore:
         self._id_rng = random.Random(f"cbr-sim-request-ids-{seed}")
         self.default_vault = (random_uuid(self._task_rng), "vault-sim-0001")
         self._tasks: dict[str, SimTask] = {}
+        self._order = NewestFirst()
+        self._policies: list[PolicySchedule] = []
         self._show_counts: Counter[str] = Counter()
         self.request_log: list[SimRequest] = []
         # Set when serving stops: it releases the requests a "hang" fault is holding.
@@ -94,6 +100,7 @@ class SimCore:
     def add_tasks(self, specs: Iterable[SimTaskSpec]) -> list[str]:
         """Create several tasks at once; nothing is added if any spec is invalid."""
         specs = list(specs)
+        self.materialize()
         given = [spec.id for spec in specs if spec.id is not None]
         for task_id in given:
             validate_task_id(task_id)
@@ -114,16 +121,65 @@ class SimCore:
             self._tasks[task.id] = task
             self.faults.script(task.id, spec.faults)
             ids.append(task.id)
+        self._order.add(self._tasks[task_id] for task_id in ids)
         return ids
 
     @property
     def tasks(self) -> Mapping[str, SimTask]:
-        """Every task by ID (read-only), visible yet or not."""
+        """Every task by ID (read-only), visible yet or not, policy tasks due by now included."""
+        self.materialize()
         return MappingProxyType(self._tasks)
 
     def state(self, task_id: str) -> TaskState:
         """The task's state now, as the API would report it (KeyError for an unknown ID)."""
-        return task_state(self._tasks[task_id], self.clock.wall())
+        return task_state(self.tasks[task_id], self.clock.wall())
+
+    def listing(self) -> NewestFirst:
+        """Every task in ListOpLogs order (newest first, ties by ID), policy tasks included."""
+        self.materialize()
+        return self._order
+
+    # -- policies ----------------------------------------------------------------------------
+
+    def add_policy(self, spec: PolicySpec) -> str:
+        """Start a backup policy now (its first run `spec.first` from now); returns its ID."""
+        return self.add_policies([spec])[0]
+
+    def add_policies(self, specs: Iterable[PolicySpec]) -> list[str]:
+        """Start several policies now; nothing is started if an ID is already taken."""
+        specs = list(specs)
+        self.materialize()
+        taken = {policy.id for policy in self._policies}
+        schedules: list[PolicySchedule] = []
+        for spec in specs:
+            schedule = PolicySchedule(
+                spec,
+                position=len(self._policies) + len(schedules),
+                start_wall=self.clock.wall(),
+                seed=self.seed,
+                default_vault=self.default_vault,
+            )
+            if schedule.id in taken:
+                raise ValueError(f"policy ID {schedule.id!r} already exists")
+            taken.add(schedule.id)
+            schedules.append(schedule)
+        self._policies.extend(schedules)
+        self.materialize()
+        return [schedule.id for schedule in schedules]
+
+    @property
+    def policies(self) -> Sequence[PolicySchedule]:
+        """The policies started so far, in the order they were added."""
+        return tuple(self._policies)
+
+    def materialize(self) -> None:
+        """Create every policy task whose creation time has come (cheap when none has)."""
+        now = self.clock.wall()
+        for policy in self._policies:
+            batch = policy.due(now)
+            if batch:
+                self._tasks.update((task.id, task) for task in batch)
+                self._order.add(batch)
 
     # -- credentials -------------------------------------------------------------------------
 

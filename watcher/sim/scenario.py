@@ -1,4 +1,4 @@
-"""Scenario files: a seed, credentials, a fault profile and a list of tasks, in TOML.
+"""Scenario files: a seed, credentials, a fault profile, tasks and backup policies, in TOML.
 
 ```toml
 seed = 7
@@ -24,7 +24,31 @@ outcome = "success"
 waiting = "10s"
 running = "4m"
 faults = ["http_503", "throttle:2"]
+enterprise_project_id = "0"                       # optional, "0" = the default project
+[[policies]]                                      # optional: scheduled backups
+id = "policy-daily"                               # optional (default: a seeded UUID)
+resources = 50                                    # required: resources it backs up, 1-100000
+every = "24h"                                     # required: one task per resource per period
+first = "0s"                                      # first run this long after start
+spread = "10m"                                    # a run's starts spread over this (<= every)
+runs = 7                                          # optional: stop after this many runs
+operation_type = "backup"                         # also vault_id, vault_name, resource_type,
+                                                  # provider_id, enterprise_project_id, style
+fail_share = 0.05                                 # share of tasks that end failed,
+skip_share = 0.02                                 # ... skipped,
+timeout_share = 0.0                               # ... timeout; the rest succeed
+duration = "20m"                                  # median running time (default 10m) ...
+duration_sigma = 0.25                             # ... log-normal sigma (0 = exact)
+waiting = "10s"                                   # time waiting before running (fixed)
 ```
+
+A policy starts when the simulator is built and runs at start + first, + every, ... Each run
+creates one task per resource at the run's time plus a random offset within `spread`; the task
+appears (ShowOpLog, ListOpLogs, /_sim/tasks) once the simulator's clock reaches that time, with
+a fresh ID, `policy_id` set, and the resource's ID and name, which are the same in every run
+(names like `ecs-p1-0001`: prefix, policy position, resource number). Everything is drawn
+from the seed, so a scenario replays exactly. Policies can also be started at run time with
+`POST /_sim/policies` and are listed by `GET /_sim/policies`.
 
 Scripted `faults` are consumed one per ShowOpLog request of the task: `http_500`, `http_502`,
 `http_503`, `http_504`, `throttle`, `throttle:N`, `malformed`, `malformed:shape`, `hang`,
@@ -57,13 +81,24 @@ from watcher.sim.auth import (
     users_from,
 )
 from watcher.sim.faults import FaultProfile
+from watcher.sim.policies import PolicySpec
 from watcher.sim.simulator import DEFAULT_PROJECT_ID, DEFAULT_TOKENS, Simulator
-from watcher.sim.specs import profile_from_mapping, spec_from_mapping
+from watcher.sim.specs import policy_from_mapping, profile_from_mapping, spec_from_mapping
 from watcher.sim.tasks import SimTaskSpec
 from watcher.task_ids import TASK_ID_PATTERN
 
 SCENARIO_KEYS = frozenset(
-    {"seed", "project_id", "tokens", "faults", "tasks", "users", "access_keys", "token_lifetime"}
+    {
+        "seed",
+        "project_id",
+        "tokens",
+        "faults",
+        "tasks",
+        "policies",
+        "users",
+        "access_keys",
+        "token_lifetime",
+    }
 )
 
 
@@ -76,12 +111,14 @@ class Scenario:
     tokens: tuple[str, ...] = DEFAULT_TOKENS
     faults: FaultProfile | None = None
     tasks: list[SimTaskSpec] = field(default_factory=list)
+    policies: list[PolicySpec] = field(default_factory=list)
     users: list[User] = field(default_factory=list)
     access_keys: list[AccessKey] = field(default_factory=list)
     token_lifetime: float = DEFAULT_TOKEN_LIFETIME
 
     def build(self, clock: Clock) -> Simulator:
-        """A Simulator on `clock` holding this scenario's tasks, all created now."""
+        """A Simulator on `clock` holding this scenario's tasks, all created now, and its
+        policies, started now."""
         sim = Simulator(
             clock,
             project_id=self.project_id,
@@ -93,6 +130,7 @@ class Scenario:
             token_lifetime=self.token_lifetime,
         )
         sim.add_tasks(self.tasks)
+        sim.add_policies(self.policies)
         return sim
 
 
@@ -124,7 +162,20 @@ def parse_scenario(data: Mapping[str, Any]) -> Scenario:
         if spec.id is not None and spec.id in seen:
             raise ValueError(f"tasks[{n}].id: duplicate task ID {spec.id!r}")
         seen.add(spec.id or "")
+    scenario.policies = _parse_policies(data.get("policies", []))
     return scenario
+
+
+def _parse_policies(policies: object) -> list[PolicySpec]:
+    """`[[policies]]` into PolicySpecs, with no policy ID given twice."""
+    if not isinstance(policies, list):
+        raise ValueError("policies: expected an array of tables ([[policies]])")
+    specs = [policy_from_mapping(item, f"policies[{n}]") for n, item in enumerate(policies)]
+    given = [spec.id for spec in specs]
+    for n, policy_id in enumerate(given):
+        if policy_id is not None and policy_id in given[:n]:
+            raise ValueError(f"policies[{n}].id: duplicate policy ID {policy_id!r}")
+    return specs
 
 
 def _parse_credentials(data: Mapping[str, Any], scenario: Scenario) -> None:

@@ -1,4 +1,4 @@
-"""Plain data (TOML tables, JSON objects) into task specs and fault profiles.
+"""Plain data (TOML tables, JSON objects) into task specs, policies and fault profiles.
 
 Shared by scenario files and the control API. Every error is a ValueError whose message starts
 with where the bad value sits, e.g. `tasks[2].outcome: ...`.
@@ -12,6 +12,7 @@ from typing import Any
 
 from watcher.durations import parse_duration
 from watcher.sim.faults import FaultProfile, parse_fault
+from watcher.sim.policies import PolicySpec
 from watcher.sim.tasks import Phase, SimTaskSpec
 from watcher.task_ids import validate_task_id
 
@@ -25,6 +26,7 @@ _OPTIONAL_TEXT_KEYS = frozenset(
         "resource_name",
         "provider_id",
         "policy_id",
+        "enterprise_project_id",
         "error_code",
         "error_message",
         "style",
@@ -34,6 +36,10 @@ _TEXT_KEYS = frozenset({"operation_type", "outcome", "resource_type"})
 _PROFILE_DURATIONS = frozenset({"latency", "latency_jitter", "retry_after_seconds"})
 SPEC_KEYS = frozenset(item.name for item in fields(SimTaskSpec))
 PROFILE_KEYS = frozenset(item.name for item in fields(FaultProfile))
+POLICY_KEYS = frozenset(item.name for item in fields(PolicySpec))
+_POLICY_DURATIONS = frozenset({"every", "first", "spread", "duration", "waiting"})
+_POLICY_NUMBERS = frozenset({"fail_share", "skip_share", "timeout_share", "duration_sigma"})
+_POLICY_INTEGERS = frozenset({"resources", "runs"})
 
 
 def _number(value: object) -> float:
@@ -45,6 +51,12 @@ def _number(value: object) -> float:
 def _text(value: object) -> str:
     if not isinstance(value, str) or not value:
         raise ValueError("expected a non-empty string")
+    return value
+
+
+def _integer(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError("expected an integer")
     return value
 
 
@@ -146,5 +158,42 @@ def profile_from_mapping(data: object, where: str = "faults") -> FaultProfile:
             raise ValueError(f"{where}.{key}: {error}") from None
     try:
         return FaultProfile(**values)
+    except ValueError as error:
+        raise ValueError(f"{where}: {error}") from None
+
+
+def _policy_converter(key: str) -> Callable[[object], object]:
+    if key in _POLICY_DURATIONS:
+        return parse_duration
+    if key in _POLICY_NUMBERS:
+        return _number
+    if key in _POLICY_INTEGERS:
+        return _integer
+    if key == "id":
+        return validate_task_id
+    return _text
+
+
+def policy_from_mapping(data: object, where: str = "policy") -> PolicySpec:
+    """A PolicySpec from a table; `resources` and `every` are required, durations may be
+    numbers or strings like "10m" or "24h"."""
+    if not isinstance(data, Mapping):
+        raise ValueError(f"{where}: expected a table of policy settings")
+    values: dict[str, Any] = {}
+    for key, raw in data.items():
+        if key not in POLICY_KEYS:
+            known = ", ".join(sorted(POLICY_KEYS))
+            raise ValueError(f"{where}.{key}: unknown key (known: {known})")
+        if raw is None and key in {"id", "runs", "vault_id", "vault_name", "provider_id", "style"}:
+            continue
+        try:
+            values[key] = _policy_converter(key)(raw)
+        except ValueError as error:
+            raise ValueError(f"{where}.{key}: {error}") from None
+    for required in ("resources", "every"):
+        if required not in values:
+            raise ValueError(f"{where}.{required}: required")
+    try:
+        return PolicySpec(**values)
     except ValueError as error:
         raise ValueError(f"{where}: {error}") from None

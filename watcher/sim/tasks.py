@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import math
 import random
-import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Any
 
 PENDING = frozenset({"waiting", "running"})
@@ -43,7 +43,7 @@ PROVIDERS = {
     "OS::Sfs::Turbo": "3f3c3220-245c-4805-b811-758870015881",
     "OS::Workspace::DesktopV2": "86a80900-71bf-4961-956a-d52df944f84a",
 }
-_NAME_PREFIX = {
+NAME_PREFIX = {
     "OS::Nova::Server": "ecs",
     "OS::Cinder::Volume": "evs",
     "OS::Sfs::Turbo": "sfs-turbo",
@@ -61,6 +61,10 @@ FALLBACK_ERROR = ("BackupService.9999", "The task failed because of an internal 
 
 Phase = tuple[str, float, int | None]
 
+# RFC 4122 version 4: the version nibble is 4 and the variant's two top bits are 10.
+_UUID_FIXED_BITS = (0xF000 << 64) | (0xC000 << 48)
+_UUID_V4_BITS = (0x4000 << 64) | (0x8000 << 48)
+
 
 @dataclass
 class SimTaskSpec:
@@ -73,6 +77,7 @@ class SimTaskSpec:
     waiting) or "compact" (timestamps like `…23Z`, no progress while waiting, and an extra
     top-level key the client does not model); None alternates by creation order.
     `extra` is merged into the top level of the operation_log object as-is.
+    `enterprise_project_id` is "0" (the default enterprise project) unless set.
     """
 
     id: str | None = None
@@ -92,6 +97,7 @@ class SimTaskSpec:
     resource_type: str = "OS::Nova::Server"
     provider_id: str | None = None
     policy_id: str | None = None
+    enterprise_project_id: str = "0"
     error_code: str | None = None
     error_message: str | None = None
     style: str | None = None
@@ -169,8 +175,14 @@ class TaskState:
 
 
 def random_uuid(rng: random.Random) -> str:
-    """A version-4 UUID string drawn from `rng`, so seeded runs produce the same IDs."""
-    return str(uuid.UUID(int=rng.getrandbits(128), version=4))
+    """A version-4 UUID string drawn from `rng`, so seeded runs produce the same IDs.
+
+    Exactly `str(uuid.UUID(int=..., version=4))`, spelled out: it is three times faster, and a
+    policy creating 50,000 tasks draws six of these per task.
+    """
+    value = rng.getrandbits(128) & ~_UUID_FIXED_BITS | _UUID_V4_BITS
+    text = f"{value:032x}"
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
 
 
 def realize(
@@ -190,7 +202,7 @@ def realize(
     backup_id = random_uuid(rng)
     request_id = "req-" + random_uuid(rng)
     backend_task_id = random_uuid(rng)
-    prefix = _NAME_PREFIX.get(spec.resource_type, "resource")
+    prefix = NAME_PREFIX.get(spec.resource_type, "resource")
     default_provider = PROVIDERS["OS::Nova::Server"]
     return SimTask(
         id=spec.id or generated_id,
@@ -275,15 +287,36 @@ def error_info(task: SimTask, status: str) -> dict[str, str]:
     return {"code": task.spec.error_code or code, "message": task.spec.error_message or message}
 
 
-def matches(task: SimTask, status: str, filters: Mapping[str, str]) -> bool:
-    """Whether the task passes every ListOpLogs filter given (exact string matches)."""
-    values = {
-        "status": status,
-        "operation_type": task.spec.operation_type,
-        "vault_id": task.vault_id,
-        "vault_name": task.vault_name,
-        "resource_id": task.resource_id,
-        "resource_name": task.resource_name,
-        "provider_id": task.provider_id,
-    }
-    return all(values[key] == wanted for key, wanted in filters.items() if key in values)
+def status_at(task: SimTask, now_wall: float) -> str:
+    """Just the status `task_state` would report at `now_wall`, without the rest of the work.
+
+    ListOpLogs filters every task on status; this keeps that scan cheap at 50,000 tasks.
+    """
+    spec = task.spec
+    if spec.phases is not None:
+        return _phase_state(task, spec.phases, now_wall).status
+    run_start = task.created_wall + spec.waiting
+    if now_wall < run_start:
+        return "waiting"
+    if spec.outcome == "skipped":
+        return "skipped"
+    return spec.outcome if now_wall >= run_start + spec.running else "running"
+
+
+def _spec_field(name: str) -> Callable[[SimTask], str]:
+    def value(task: SimTask) -> str:
+        return str(getattr(task.spec, name))
+
+    return value
+
+
+# ListOpLogs filters other than `status`, each read from a task that never changes.
+FILTER_FIELDS: Mapping[str, Callable[[SimTask], str]] = {
+    "operation_type": _spec_field("operation_type"),
+    "vault_id": attrgetter("vault_id"),
+    "vault_name": attrgetter("vault_name"),
+    "resource_id": attrgetter("resource_id"),
+    "resource_name": attrgetter("resource_name"),
+    "provider_id": attrgetter("provider_id"),
+    "enterprise_project_id": _spec_field("enterprise_project_id"),
+}
