@@ -1,0 +1,75 @@
+"""The shapes the state file holds: one frozen dataclass per kind of row."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class TaskRecord:
+    """A watched task as persisted."""
+
+    task_id: str
+    labels: dict[str, str]
+    source: str
+    status: str | None
+    progress: int | None
+    raw: dict[str, Any] | None
+    first_seen: float
+    started: float | None
+    last_change: float | None
+    last_progress: float | None
+    ended: float | None
+    end_reason: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxEntry:
+    """One event for one receiver, with the exact bytes to send (see `watcher.outbox`)."""
+
+    event_id: str
+    receiver: str
+    task_id: str
+    event_type: str
+    body: bytes
+    created: float
+
+
+@dataclass(frozen=True, slots=True)
+class PendingDelivery:
+    """An outbox row due for an attempt."""
+
+    row_id: int
+    event_id: str
+    receiver: str
+    task_id: str
+    event_type: str
+    body: bytes
+    created: float
+    attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """An event a receiver never accepted within `max_age` (see `Store.dead_letter_rows`)."""
+
+    row_id: int
+    event_id: str
+    receiver: str
+    task_id: str
+    event_type: str
+    created: float
+    attempts: int
+    last_error: str
+    dead_at: float
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class LastSuccess:
+    """A successful end of one operation type, for
+    `cbr_watcher_last_success_timestamp_seconds` after a restart (only ever moves forward)."""
+
+    operation_type: str
+    ended: float
