@@ -6,10 +6,14 @@ prometheus_client's own parsers, so assertions are on what Prometheus would stor
 
 from __future__ import annotations
 
+import asyncio
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client import generate_latest
 from prometheus_client.openmetrics.parser import (
     text_string_to_metric_families as parse_openmetrics,
@@ -20,9 +24,21 @@ from tests.support import Running, World, make_engine
 from watcher.cbr.auth import TokenAuthenticator
 from watcher.cbr.client import CbrClient
 from watcher.cbr.models import OperationLog
-from watcher.clock import FakeClock
+from watcher.clock import FakeClock, drive_until
+from watcher.config import load_settings
+from watcher.daemon import DaemonHandle, run_daemon
 from watcher.engine import Engine, WatchedTask
-from watcher.events import TASK_SUCCEEDED, TaskEvent
+from watcher.events import (
+    TASK_FAILED,
+    TASK_PROGRESS,
+    TASK_SKIPPED,
+    TASK_SUCCEEDED,
+    TASK_TIMED_OUT,
+    WATCH_EXPIRED,
+    WATCH_NOT_FOUND,
+    TaskEvent,
+)
+from watcher.freshness import ResourceKey, ResourceStatus
 from watcher.metrics import (
     AGGREGATE_STATUSES,
     DURATION_BUCKETS,
@@ -210,7 +226,7 @@ async def test_engine_run_feeds_every_metric(world: World) -> None:
             clock=clock,
             policy=Policy(interval_min=5, interval_max=60, deadline=6 * 3600, not_found_grace=120),
             rng=random.Random(5),
-            on_event=metrics.wrap_sink(_discard),
+            on_event=metrics.on_event,
         )
         metrics.attach(engine)
         for task_id in (ok, bad, "typo-id"):
@@ -282,6 +298,26 @@ async def test_engine_run_feeds_every_metric(world: World) -> None:
     }
     assert value(series, "cbr_watcher_tasks", status="success") == 1
     assert value(series, "cbr_watcher_tasks", status="not_found") == 1
+    # Per resource: the backup's resource succeeded, the restore's resource failed.
+    ok_resource = {
+        "resource_id": sim.tasks[ok].resource_id,
+        "resource_name": "ecs-a",
+        "resource_type": "OS::Nova::Server",
+        "vault_id": sim.tasks[ok].vault_id,
+        "operation_type": "backup",
+    }
+    assert value(series, "cbr_watcher_resource_last_status", **ok_resource) == 1
+    assert value(
+        series, "cbr_watcher_resource_last_success_timestamp_seconds", **ok_resource
+    ) == pytest.approx(ended_ok.ended_at.timestamp())
+    [bad_resource] = [
+        labels
+        for labels in names_with(series, "cbr_watcher_resource_last_status")
+        if labels["resource_id"] == sim.tasks[bad].resource_id
+    ]
+    assert bad_resource["operation_type"] == "restore"
+    assert value(series, "cbr_watcher_resource_last_status", **bad_resource) == 0
+    assert len(names_with(series, "cbr_watcher_resource_last_status")) == 2
 
 
 async def _discard(event: TaskEvent) -> None:
@@ -318,7 +354,7 @@ async def test_engine_forgets_and_metrics_agree(world: World) -> None:
     """With the engine's own retention, ended tasks leave the scrape after `retention`."""
     world.sim.add_task(SimTaskSpec(id="quick", waiting=5, running=20))
     metrics = Metrics(clock=world.clock, retention=600)
-    engine = make_engine(world, retention=600, on_event=metrics.wrap_sink(_discard))
+    engine = make_engine(world, retention=600, on_event=metrics.on_event)
     metrics.attach(engine)
     engine.add("quick")
     async with Running(world, engine) as running:
@@ -415,8 +451,8 @@ def test_last_progress_is_never_before_the_start() -> None:
     """A task whose progress last moved while waiting reports its start as the last change."""
     clock = FakeClock()
     table = Table()
-    task = table.put(watched("t", raw={"started_at": "2026-01-01T01:00:00Z"}))
-    task.last_progress_wall = 1_767_225_600.0 + 60  # 00:01, before CBR's started_at
+    task = watched("t", raw={"started_at": "2026-01-01T01:00:00Z"})
+    table.put(replace(task, last_progress_wall=1_767_225_600.0 + 60))  # 00:01, before started_at
     metrics = Metrics(clock=clock)
     metrics.attach(table)
     series = scrape(metrics)
@@ -460,6 +496,12 @@ def test_fast_renderer_matches_prometheus_client(accept: str) -> None:
     clock = FakeClock()
     metrics = Metrics(clock=clock, process_metrics=False)
     metrics.attach(_odd_table(clock))
+    names = ['quote"d', "back\\slash", "new\nline", "ünïcode ✓", "", "lone \udc80"]
+    for n, name in enumerate(names):
+        status = ("success", "failed", "timeout", "skipped")[n % 4]
+        metrics.record_event(
+            finished(f"r{n}", status, ended_minute=n, resource_id=f"res-{n}", resource_name=name)
+        )
     metrics.render(accept)  # fill the renderer's cache, then render from it
     fast, content_type = metrics.render(accept)
     if accept:
@@ -481,6 +523,7 @@ def test_fast_renderer_matches_prometheus_client(accept: str) -> None:
 
     assert samples(fast) == samples(slow)
     assert len(samples(fast)) > 300
+    assert len([s for s in samples(fast) if s[0] == "cbr_watcher_resource_last_status"]) == 6
 
 
 def test_openmetrics_exposition_is_valid_and_ends_once() -> None:
@@ -596,3 +639,345 @@ def test_each_metrics_object_has_its_own_registry() -> None:
         value(scrape(second), "cbr_watcher_api_requests_total", operation="show_op_log", code="200")
         == 0
     )
+
+
+# ---- per-resource freshness ---------------------------------------------------------------
+
+LAST_SUCCESS = "cbr_watcher_resource_last_success_timestamp_seconds"
+LAST_STATUS = "cbr_watcher_resource_last_status"
+RESOURCE_DROPPED = "cbr_watcher_resource_series_dropped_total"
+JAN_1 = 1_767_225_600.0  # 2026-01-01T00:00:00Z
+
+
+def resource_labels(
+    resource_id: str = "res-1", operation_type: str = "backup", **overrides: str
+) -> dict[str, str]:
+    """The label set of one resource's freshness series, as `finished` describes it."""
+    labels = {
+        "resource_id": resource_id,
+        "resource_name": f"name-of-{resource_id}",
+        "resource_type": "OS::Nova::Server",
+        "vault_id": "vault-1",
+        "operation_type": operation_type,
+    }
+    labels.update(overrides)
+    return labels
+
+
+def finished(
+    task_id: str,
+    status: str,
+    *,
+    ended_minute: int,
+    resource_id: str = "res-1",
+    operation_type: str = "backup",
+    resource_name: str | None = None,
+    seen_later: float = 30.0,
+) -> TaskEvent:
+    """The event of a task of `resource_id` that ended `status` at 2026-01-01 00:`ended_minute`."""
+    operation_log = OperationLog.from_raw(
+        {
+            "id": task_id,
+            "status": status,
+            "operation_type": operation_type,
+            "vault_id": "vault-1",
+            "started_at": "2026-01-01T00:00:00Z",
+            "ended_at": f"2026-01-01T{ended_minute // 60:02d}:{ended_minute % 60:02d}:00Z",
+            "extra_info": {
+                "resource": {
+                    "id": resource_id,
+                    "name": resource_name or f"name-of-{resource_id}",
+                    "type": "OS::Nova::Server",
+                }
+            },
+        }
+    )
+    event_type = {
+        "success": TASK_SUCCEEDED,
+        "failed": TASK_FAILED,
+        "timeout": TASK_TIMED_OUT,
+        "skipped": TASK_SKIPPED,
+    }[status]
+    return TaskEvent(
+        type=event_type,
+        task_id=task_id,
+        occurred_at=JAN_1 + ended_minute * 60 + seen_later,
+        status=status,
+        previous_status="running",
+        progress=100,
+        operation_log=operation_log,
+    )
+
+
+def test_a_failure_after_a_success_sets_last_status_to_0_and_keeps_the_last_success() -> None:
+    """The alert inputs: the newest task decides the status; the success time stays."""
+    metrics = Metrics(clock=FakeClock())
+    labels = resource_labels()
+    assert names_with(scrape(metrics), LAST_STATUS) == []  # nothing known yet
+    metrics.record_event(finished("t1", "success", ended_minute=10))
+    series = scrape(metrics)
+    assert value(series, LAST_STATUS, **labels) == 1
+    assert value(series, LAST_SUCCESS, **labels) == JAN_1 + 600  # CBR's ended_at
+    metrics.record_event(finished("t2", "failed", ended_minute=70))
+    series = scrape(metrics)
+    assert value(series, LAST_STATUS, **labels) == 0
+    assert value(series, LAST_SUCCESS, **labels) == JAN_1 + 600
+    for status in ("timeout", "skipped"):
+        metrics.record_event(finished(f"t-{status}", status, ended_minute=80))
+        assert value(scrape(metrics), LAST_STATUS, **labels) == 0
+    metrics.record_event(finished("t3", "success", ended_minute=90))
+    series = scrape(metrics)
+    assert value(series, LAST_STATUS, **labels) == 1
+    assert value(series, LAST_SUCCESS, **labels) == JAN_1 + 90 * 60
+    assert len(names_with(series, LAST_STATUS)) == 1
+
+
+def test_an_older_task_reported_later_does_not_overwrite_the_newest() -> None:
+    """Tasks end out of order (a slow poll): the one that ended last decides."""
+    metrics = Metrics(clock=FakeClock())
+    labels = resource_labels()
+    metrics.record_event(finished("new-fail", "failed", ended_minute=120))
+    metrics.record_event(finished("old-ok", "success", ended_minute=60, seen_later=7200))
+    series = scrape(metrics)
+    assert value(series, LAST_STATUS, **labels) == 0
+    assert value(series, LAST_SUCCESS, **labels) == JAN_1 + 3600  # a success, though older
+    metrics.record_event(finished("older-fail", "failed", ended_minute=30, seen_later=9000))
+    series = scrape(metrics)
+    assert value(series, LAST_STATUS, **labels) == 0
+    assert value(series, LAST_SUCCESS, **labels) == JAN_1 + 3600
+
+
+def test_resources_and_operation_types_have_series_of_their_own() -> None:
+    """One series per resource and operation type; the newest task's names label it."""
+    metrics = Metrics(clock=FakeClock())
+    metrics.record_event(finished("a", "success", ended_minute=10, resource_id="res-a"))
+    metrics.record_event(finished("b", "failed", ended_minute=10, resource_id="res-b"))
+    metrics.record_event(
+        finished("c", "failed", ended_minute=20, resource_id="res-a", operation_type="replication")
+    )
+    metrics.record_event(
+        finished("d", "success", ended_minute=30, resource_id="res-a", resource_name="renamed")
+    )
+    series = scrape(metrics)
+    assert value(series, LAST_STATUS, **resource_labels("res-a", resource_name="renamed")) == 1
+    assert value(series, LAST_STATUS, **resource_labels("res-b")) == 0
+    assert value(series, LAST_SUCCESS, **resource_labels("res-b")) is None  # never succeeded
+    assert value(series, LAST_STATUS, **resource_labels("res-a", "replication")) == 0
+    assert len(names_with(series, LAST_STATUS)) == 3
+    assert len(names_with(series, LAST_SUCCESS)) == 1
+
+
+def test_watches_that_did_not_end_in_cbr_leave_no_resource_series() -> None:
+    """Progress, not found and expired watches, and tasks without a resource, say nothing
+    about freshness."""
+    metrics = Metrics(clock=FakeClock())
+    running = OperationLog.from_raw(
+        {"id": "r", "status": "running", "extra_info": {"resource": {"id": "res-1"}}}
+    )
+    no_resource = OperationLog.from_raw({"id": "n", "status": "success", "operation_type": "sync"})
+    for event in (
+        TaskEvent(TASK_PROGRESS, "r", JAN_1, "running", "running", 50, operation_log=running),
+        TaskEvent(WATCH_EXPIRED, "r", JAN_1, "running", "running", 50, operation_log=running),
+        TaskEvent(WATCH_NOT_FOUND, "x", JAN_1, None, None, None),
+        TaskEvent(TASK_SUCCEEDED, "n", JAN_1, "success", "running", 100, operation_log=no_resource),
+    ):
+        metrics.record_event(event)
+    series = scrape(metrics)
+    assert names_with(series, LAST_STATUS) == []
+    assert names_with(series, LAST_SUCCESS) == []
+
+
+def test_restored_rows_are_exported_and_merged_with_new_tasks() -> None:
+    """At start-up the state database's rows come back; later tasks fold in by the same rules,
+    whichever comes first."""
+    metrics = Metrics(clock=FakeClock())
+    failed_before_restart = finished("t-new", "failed", ended_minute=200)
+    metrics.record_event(failed_before_restart)  # an event may beat the restore
+    metrics.restore_resources(
+        [
+            ResourceStatus(
+                key=ResourceKey("res-1", "backup"),
+                resource_name="name-of-res-1",
+                resource_type="OS::Nova::Server",
+                vault_id="vault-1",
+                last_status="success",
+                last_ended=JAN_1 + 100 * 60,
+                last_success_ended=JAN_1 + 100 * 60,
+            ),
+            ResourceStatus(
+                key=ResourceKey("res-2", "backup"),
+                resource_name="name-of-res-2",
+                resource_type="OS::Nova::Server",
+                vault_id="vault-1",
+                last_status="timeout",
+                last_ended=JAN_1 + 20 * 60,
+                last_success_ended=None,
+            ),
+        ]
+    )
+    series = scrape(metrics)
+    assert value(series, LAST_STATUS, **resource_labels("res-1")) == 0  # the newer failure
+    assert value(series, LAST_SUCCESS, **resource_labels("res-1")) == JAN_1 + 100 * 60
+    assert value(series, LAST_STATUS, **resource_labels("res-2")) == 0
+    assert value(series, LAST_SUCCESS, **resource_labels("res-2")) is None
+    metrics.record_event(finished("t-ok", "success", ended_minute=10, resource_id="res-2"))
+    series = scrape(metrics)
+    assert value(series, LAST_STATUS, **resource_labels("res-2")) == 0  # older than the timeout
+    assert value(series, LAST_SUCCESS, **resource_labels("res-2")) == JAN_1 + 600
+
+
+def test_resource_series_are_capped_and_each_left_out_resource_counted_once() -> None:
+    """`metrics.max_task_series` caps resources too: the first ones keep their series (and
+    keep updating), later ones are left out and counted."""
+    metrics = Metrics(clock=FakeClock(), max_task_series=2)
+    assert value(scrape(metrics), RESOURCE_DROPPED) == 0
+    for minute, resource_id in enumerate(("res-a", "res-b", "res-c", "res-c", "res-d")):
+        metrics.record_event(
+            finished(f"t-{minute}", "success", ended_minute=minute + 1, resource_id=resource_id)
+        )
+    metrics.record_event(finished("t-late", "failed", ended_minute=50, resource_id="res-a"))
+    series = scrape(metrics)
+    exported = {labels["resource_id"] for labels in names_with(series, LAST_STATUS)}
+    assert exported == {"res-a", "res-b"}
+    assert value(series, LAST_STATUS, **resource_labels("res-a")) == 0
+    assert value(series, RESOURCE_DROPPED) == 2  # res-c once, res-d
+    # Restoring more rows than the cap keeps the most recently ended ones.
+    restored = Metrics(clock=FakeClock(), max_task_series=1)
+    restored.restore_resources(
+        ResourceStatus(
+            key=ResourceKey(resource_id, "backup"),
+            resource_name=f"name-of-{resource_id}",
+            resource_type="OS::Nova::Server",
+            vault_id="vault-1",
+            last_status="success",
+            last_ended=ended,
+            last_success_ended=ended,
+        )
+        for resource_id, ended in (("res-old", JAN_1), ("res-new", JAN_1 + 60))
+    )
+    series = scrape(restored)
+    assert [labels["resource_id"] for labels in names_with(series, LAST_STATUS)] == ["res-new"]
+    assert value(series, RESOURCE_DROPPED) == 1
+
+
+def test_duration_comes_from_the_event_without_reading_the_task_table() -> None:
+    """Without CBR's started_at the duration starts when the watcher saw the task running,
+    as the event says; the metrics need no engine for it."""
+    metrics = Metrics(clock=FakeClock())
+    operation_log = OperationLog.from_raw(
+        {"id": "t", "status": "success", "operation_type": "backup"}
+    )
+    metrics.record_event(
+        TaskEvent(
+            type=TASK_SUCCEEDED,
+            task_id="t",
+            occurred_at=JAN_1 + 500,
+            status="success",
+            previous_status="running",
+            progress=100,
+            operation_log=operation_log,
+            started_at=JAN_1 + 200,
+        )
+    )
+    series = scrape(metrics)
+    assert value(series, "cbr_watcher_task_duration_seconds_sum", operation_type="backup") == 300
+    assert value(series, "cbr_watcher_task_duration_seconds_count", operation_type="backup") == 1
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    tasks=st.lists(
+        st.tuples(st.sampled_from(["success", "failed", "timeout", "skipped"]), st.integers(0, 59)),
+        min_size=1,
+        max_size=8,
+        unique_by=lambda task: task[1],
+    ),
+    order=st.randoms(use_true_random=False),
+)
+def test_freshness_does_not_depend_on_the_order_tasks_are_reported(
+    tasks: list[tuple[str, int]], order: random.Random
+) -> None:
+    """However late each task's end is noticed, the scrape shows the status of the task that
+    ended last and the end of the newest success."""
+    metrics = Metrics(clock=FakeClock(), process_metrics=False)
+    shuffled = list(tasks)
+    order.shuffle(shuffled)
+    for n, (status, minute) in enumerate(shuffled):
+        metrics.record_event(finished(f"t{n}", status, ended_minute=minute))
+    series = scrape(metrics)
+    newest_status = max(tasks, key=lambda task: task[1])[0]
+    successes = [minute for status, minute in tasks if status == "success"]
+    labels = resource_labels()
+    assert value(series, LAST_STATUS, **labels) == (1 if newest_status == "success" else 0)
+    assert value(series, LAST_SUCCESS, **labels) == (
+        JAN_1 + max(successes) * 60 if successes else None
+    )
+
+
+async def run_daemon_until_done(world: World, state: Path, tasks: list[str]) -> Series:
+    """Run the daemon on the world's fake clock until `tasks` ended; its scrape then."""
+    settings = load_settings(
+        overrides={
+            "cbr": {"endpoint": world.base_url, "project_id": world.sim.project_id},
+            "auth": {"method": "token", "token": "token-1"},
+            "watch": {"tasks": tasks, "poll_interval_min": "5s", "poll_interval_max": "60s"},
+            "state": {"path": str(state)},
+            "server": {"listen": "127.0.0.1:0", "api_listen": ""},
+        },
+        environ={},
+        secrets_dirs=[],
+    )
+    handles: list[DaemonHandle] = []
+    started = asyncio.Event()
+
+    def on_started(handle: DaemonHandle) -> None:
+        handles.append(handle)
+        started.set()
+
+    daemon = asyncio.create_task(
+        run_daemon(settings, clock=world.clock, install_signal_handlers=False, started=on_started)
+    )
+    try:
+        await asyncio.wait_for(started.wait(), 30)
+        [handle] = handles
+        await drive_until(
+            world.clock, handle.engine.all_done, busy=lambda: handle.engine.in_flight > 0
+        )
+        return scrape(handle.metrics)
+    finally:
+        for handle in handles:
+            handle.engine.stop()
+        await drive_until(world.clock, daemon.done, busy=lambda: False)
+        assert daemon.result() == 0
+
+
+async def test_resource_series_survive_a_restart(world: World, tmp_path: Path) -> None:
+    """A backup succeeds and a restore fails in one run; the next run, which watches nothing,
+    exports both resources' freshness from the state file before any task ends."""
+    sim = world.sim
+    ok = sim.add_task(SimTaskSpec(id="fresh-ok", waiting=10, running=60, resource_name="ecs-a"))
+    bad = sim.add_task(
+        SimTaskSpec(id="fresh-bad", operation_type="restore", outcome="failed", running=30)
+    )
+    state = tmp_path / "state.db"
+    first = await run_daemon_until_done(world, state, [ok, bad])
+    second = await run_daemon_until_done(world, state, [])
+    freshness = {LAST_STATUS, LAST_SUCCESS}
+    assert {k: v for k, v in second.items() if k[0] in freshness} == {
+        k: v for k, v in first.items() if k[0] in freshness
+    }
+    ok_labels = {
+        "resource_id": sim.tasks[ok].resource_id,
+        "resource_name": "ecs-a",
+        "resource_type": "OS::Nova::Server",
+        "vault_id": sim.tasks[ok].vault_id,
+        "operation_type": "backup",
+    }
+    ended = sim.tasks[ok].end_wall
+    assert ended is not None
+    assert value(second, LAST_STATUS, **ok_labels) == 1
+    assert value(second, LAST_SUCCESS, **ok_labels) == pytest.approx(ended, abs=1)
+    statuses = {
+        dict(labels)["operation_type"]: v for (n, labels), v in second.items() if n == LAST_STATUS
+    }
+    assert statuses == {"backup": 1, "restore": 0}

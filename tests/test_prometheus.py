@@ -28,7 +28,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.daemon_process import DaemonProcess, die_with_parent, spawned
 from tests.support import TestReceiver
-from watcher.clock import RealClock
+from tests.test_metrics import finished
+from watcher.clock import FakeClock, RealClock
+from watcher.metrics import Metrics
 from watcher.sim import SimTaskSpec, Simulator
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -66,6 +68,9 @@ SPEC_METRICS = {
     "cbr_watcher_auth_token_expiry_timestamp_seconds": "gauge",
     "cbr_watcher_build_info": "gauge",
     "cbr_watcher_task_series_dropped_total": "counter",
+    "cbr_watcher_resource_last_success_timestamp_seconds": "gauge",
+    "cbr_watcher_resource_last_status": "gauge",
+    "cbr_watcher_resource_series_dropped_total": "counter",
 }
 GRAFANA_VARIABLES = {
     "$__rate_interval": "1m",
@@ -182,10 +187,21 @@ def metric_names(expr: str) -> set[str]:
     return names
 
 
-def rule_expressions() -> list[str]:
+def rules() -> list[dict[str, Any]]:
+    """Every rule of the shipped rules file, alerting and recording."""
     yaml = pytest.importorskip("yaml", reason="PyYAML is not installed (the test extras have it)")
     document = yaml.safe_load(ALERTS.read_text())
-    return [rule["expr"] for group in document["groups"] for rule in group["rules"]]
+    return [rule for group in document["groups"] for rule in group["rules"]]
+
+
+def rule_expressions() -> list[str]:
+    """The PromQL of every shipped rule."""
+    return [rule["expr"] for rule in rules()]
+
+
+def recorded_names() -> set[str]:
+    """The series the recording rules make (Prometheus has them; a scrape does not)."""
+    return {rule["record"] for rule in rules() if "record" in rule}
 
 
 def dashboard_expressions() -> list[str]:
@@ -271,6 +287,32 @@ def test_dashboard_queries_are_valid_promql(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+@needs_promtool
+def test_promtool_finds_nothing_in_the_freshness_families() -> None:
+    """`promtool check metrics` is silent on the per-resource families, label values that
+    need escaping included (text 0.0.4, as promtool reads it)."""
+    assert PROMTOOL is not None
+    metrics = Metrics(clock=FakeClock(), process_metrics=False)
+    names = ['quote"d', "back\\slash", "new\nline", "ünïcode ✓", "", "lone \udc80"]
+    for n, name in enumerate(names):
+        metrics.record_event(
+            finished(
+                f"t{n}",
+                ("success", "failed")[n % 2],
+                ended_minute=n,
+                resource_name=name,
+                resource_id=f"res-{n}",
+            )
+        )
+    body, _ = metrics.render("")
+    assert body.count(b"cbr_watcher_resource_last_status{") == len(names)
+    result = subprocess.run(
+        [PROMTOOL, "check", "metrics"], input=body, capture_output=True, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout + result.stderr == b""
+
+
 def test_metric_names_are_found_in_expressions() -> None:
     """The name extraction the live tests rely on."""
     expr = (
@@ -342,7 +384,33 @@ async def test_live_scrape_is_lint_clean_and_has_every_metric(
     used = {name for expr in rule_expressions() for name in metric_names(expr)}
     used |= {name for expr in dashboard_expressions() for name in metric_names(expr)}
     assert len(used) >= 20
-    assert used - live_names == set()
+    assert used - live_names - recorded_names() == set()
+    assert recorded_names() <= used  # each recording rule is read by an alert
+
+    # The freshness series of both finished tasks' resources, with every SPEC label.
+    resources = {
+        (s.name, s.labels["operation_type"]): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name.startswith("cbr_watcher_resource_last_")
+    }
+    assert resources == {
+        ("cbr_watcher_resource_last_status", "backup"): 1.0,
+        ("cbr_watcher_resource_last_status", "restore"): 0.0,
+        ("cbr_watcher_resource_last_success_timestamp_seconds", "backup"): pytest.approx(
+            time.time(), abs=300
+        ),
+    }
+    for resource_family in text_string_to_metric_families(text):
+        if resource_family.name.startswith("cbr_watcher_resource_last_"):
+            for s in resource_family.samples:
+                assert set(s.labels) == {
+                    "resource_id",
+                    "resource_name",
+                    "resource_type",
+                    "vault_id",
+                    "operation_type",
+                }
 
 
 # ---- a real Prometheus server -------------------------------------------------------------
@@ -508,6 +576,11 @@ async def test_real_prometheus_scrapes_the_daemon(
                 session, 'cbr_watcher_last_success_timestamp_seconds{operation_type="backup"}'
             )
             assert float(last["value"][1]) >= started
+            freshness = {
+                r["metric"]["operation_type"]: float(r["value"][1])
+                for r in await server.query(session, "cbr_watcher_resource_last_status")
+            }
+            assert freshness == {"backup": 1.0, "restore": 0.0}
 
             async def rules_evaluated() -> bool:
                 async with session.get(server.url + "/api/v1/rules") as resp:
