@@ -16,7 +16,8 @@ from tests.daemon_process import DaemonProcess, clean_env, run_cli
 from tests.support import TestReceiver
 from watcher.clock import RealClock
 from watcher.sim import SimTaskSpec, Simulator
-from watcher.store import OutboxEntry, Store
+from watcher.state.rows import OutboxEntry
+from watcher.state.sqlite import Store
 
 TOKEN = "cli-cl1ent-token"
 API_TOKEN = "api-bearer-s3cret"

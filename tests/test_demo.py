@@ -8,7 +8,7 @@ import re
 import pytest
 
 from watcher.cli import main
-from watcher.demo import MISTYPED_TASK_ID, run_demo
+from watcher.commands.demo import MISTYPED_TASK_ID, run_demo
 
 
 async def test_demo_shows_every_outcome_and_a_summary() -> None:
@@ -30,11 +30,19 @@ async def test_demo_shows_every_outcome_and_a_summary() -> None:
     assert MISTYPED_TASK_ID in summary
     assert "BackupService.5009" in text  # the failed task's CBR error is shown
     # Every webhook reached the local receiver with a valid signature: at least the final
-    # event of each of the 11 tasks (task.started too, when a poll caught the task running).
+    # event of each of the 11 named and 2 discovered tasks (task.started too, when seen running).
     match = re.search(r"got (\d+) events, (\d+) with a valid Standard Webhooks signature", text)
     assert match is not None
     received, verified = int(match[1]), int(match[2])
-    assert received == verified >= 11
+    assert received == verified >= 13
+    # The backup policy's two runs were found by discovery, though nobody named them.
+    found = re.search(r"Discovery found (\d+) task\(s\) nobody named", text)
+    assert found is not None
+    assert int(found[1]) == 2
+    discovered_rows = [
+        line for line in summary.splitlines() if "backup" in line and "task.succeeded" in line
+    ]
+    assert len(discovered_rows) >= 5  # three named backups that succeed, and the two found
 
 
 @pytest.mark.parametrize("speed", ["0", "-1", "nan", "inf", "-inf", "1e400", "1001", "fast"])

@@ -33,7 +33,7 @@ from watcher.cbr.models import OperationLog
 from watcher.clock import FakeClock
 from watcher.engine import Engine
 from watcher.schedule import Policy
-from watcher.store import Store
+from watcher.state.sqlite import Store
 from watcher.task_api import TaskApiRunner, make_task_api
 
 API_TOKEN = "fuzz-token"

@@ -149,6 +149,32 @@ def test_safe_logger_survives_os_errors() -> None:
     assert not logger.silenced
 
 
+def test_fields_named_like_secrets_are_blanked_and_paths_are_kept() -> None:
+    """A log field whose name says "secret" (the rule check-config uses) never shows its
+    value; a field naming where a secret is kept, or no secret at all, is shown as it is."""
+    stream = io.StringIO()
+    configure_logging(fmt="json", stream=stream)
+    structlog.get_logger("watcher.test").warning(
+        "credentials",
+        api_token="tok-123",
+        auth_password="pw-456",
+        access_key="AK-789",
+        x_api_key="key-000",
+        signature="sig-abc",
+        token_file="/run/secrets/token",
+        region="ap-southeast-1",
+        empty_secret="",
+    )
+    [record] = [json.loads(line) for line in stream.getvalue().splitlines()]
+    for field in ("api_token", "auth_password", "access_key", "x_api_key", "signature"):
+        assert record[field] == "**********", field
+    assert record["token_file"] == "/run/secrets/token"
+    assert record["region"] == "ap-southeast-1"
+    assert record["empty_secret"] == ""
+    for value in ("tok-123", "pw-456", "AK-789", "key-000", "sig-abc"):
+        assert value not in stream.getvalue()
+
+
 def unbuffered_reader(fd: int) -> BinaryIO:
     """A file object over `fd` for `connect_read_pipe`, which owns (and closes) it."""
     return os.fdopen(fd, "rb", buffering=0)

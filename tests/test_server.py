@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import logging
+import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -186,10 +187,30 @@ async def test_address_in_use_raises(served: Served) -> None:
     await other.close()
 
 
+def free_port() -> int:
+    """An unused TCP port on 127.0.0.1."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def assert_port_released(port: int) -> None:
+    """Nothing answers on 127.0.0.1:`port` any more, and a new listener can bind it again."""
+    async with aiohttp.ClientSession() as session:
+        with pytest.raises(aiohttp.ClientConnectorError):
+            await session.get(f"http://127.0.0.1:{port}/")
+    again = HttpListener(aiohttp.web.Application(), f"127.0.0.1:{port}", name="again")
+    await again.start()
+    await again.close()
+
+
 async def test_run_daemon_serves_metrics_health_and_readiness() -> None:
-    """The wiring in run_daemon: listener bound, ready, live, task series and API counters."""
+    """The wiring in run_daemon: listeners bound, ready, live, task series, API counters and
+    the task API; once it stopped, both listeners' ports are free again."""
     sim = Simulator(RealClock(), tokens=["t0ken"], seed=2)
     task_id = sim.add_task(SimTaskSpec(id="wired", waiting=0.1, running=3600))
+    api_port = free_port()
+    api_auth = {"Authorization": "Bearer api-t0ken"}
     handles: list[DaemonHandle] = []
     started = asyncio.Event()
 
@@ -208,7 +229,11 @@ async def test_run_daemon_serves_metrics_health_and_readiness() -> None:
                     "poll_interval_max": "0.2s",
                 },
                 "state": {"path": ":memory:"},
-                "server": {"listen": "127.0.0.1:0", "api_listen": ""},
+                "server": {
+                    "listen": "127.0.0.1:0",
+                    "api_listen": f"127.0.0.1:{api_port}",
+                    "api_token": "api-t0ken",
+                },
                 "webhooks": [{"name": "ops", "url": "http://127.0.0.1:9/hook"}],
             },
             environ={},
@@ -254,10 +279,16 @@ async def test_run_daemon_serves_metrics_health_and_readiness() -> None:
                 assert series[ok] >= 2  # counted by the client's observer
                 queue = ("cbr_watcher_webhook_queue_depth", frozenset({("receiver", "ops")}))
                 assert queue in series
+                api_url = f"http://127.0.0.1:{api_port}/v1/tasks/{task_id}"
+                async with session.get(api_url, headers=api_auth) as response:
+                    assert response.status == 200
+                    assert (await response.json())["source"] == "config"
         finally:
             for handle in handles:
                 handle.engine.stop()
             assert await daemon == 0
+    await assert_port_released(int(handles[0].metrics_url.rsplit(":", 1)[1]))
+    await assert_port_released(api_port)
     with pytest.raises(aiohttp.ClientConnectionError):
         async with aiohttp.ClientSession() as session, session.get(handles[0].metrics_url):
             pass

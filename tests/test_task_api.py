@@ -14,32 +14,31 @@ from pathlib import Path
 import aiohttp
 import pytest
 import structlog
-from aiohttp import web
 
 from tests.daemon_process import DaemonProcess
 from tests.support import TestReceiver, World, make_engine
 from tests.test_crash import env_for
+from tests.test_server import assert_port_released
 from watcher.clock import RealClock
 from watcher.sim import SimTaskSpec, Simulator
-from watcher.store import Store
-from watcher.task_api import MAX_BODY, TaskApiRunner, make_task_api
+from watcher.state.recorder import StateRecorder
+from watcher.state.sqlite import Store
+from watcher.task_api import MAX_BODY, start_task_api
 
 API_TOKEN = "api-token-for-tests"
 
 
 @pytest.fixture
 async def api(world: World) -> AsyncIterator[tuple[str, Store, World]]:
-    """The task API over an engine on the world's fake clock, served on a real socket."""
+    """The task API over an engine on the world's fake clock, served as the daemon serves it."""
     store = await Store.open(":memory:")
-    engine = make_engine(world)
-    runner = TaskApiRunner(make_task_api(engine, store, api_token=API_TOKEN), access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    engine = make_engine(world, record=StateRecorder(store))
+    listener = await start_task_api(engine, store, listen="127.0.0.1:0", api_token=API_TOKEN)
     world.engine = engine  # type: ignore[attr-defined]
     try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}", store, world
+        yield listener.url, store, world
     finally:
-        await runner.cleanup()
+        await listener.close()
         await store.close()
 
 
@@ -249,12 +248,12 @@ async def test_an_unexpected_error_is_a_json_500_and_one_log_line(
 ) -> None:
     """A bug behind a route answers 500 {"error": {"code": "internal"}}: no traceback in the
     answer or the log, one structured error line naming the exception."""
-    url, store, _ = api
+    url, _, world = api
 
-    async def broken_save(*_args: object) -> None:
+    async def broken_put(*_args: object, **_kwargs: object) -> None:
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(store, "save", broken_save)
+    monkeypatch.setattr(world.engine, "put", broken_put)  # type: ignore[attr-defined]
     with structlog.testing.capture_logs() as logs:
         async with aiohttp.ClientSession(headers=AUTH) as http:
             response = await http.put(f"{url}/v1/tasks/t-1")
@@ -268,6 +267,28 @@ async def test_an_unexpected_error_is_a_json_500_and_one_log_line(
     assert line["path"] == "/v1/tasks/t-1"
     assert "exc_info" not in line
     assert [r for r in caplog.records if r.exc_info] == []
+
+
+async def test_a_failing_store_is_503_and_changes_nothing(
+    api: tuple[str, Store, World], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When the state store cannot write, PUT answers 503 and the task is not watched (a
+    watch that a restart would forget is not created); the next PUT after recovery works."""
+    url, store, world = api
+    real_save = store.save
+
+    async def failing_save(*_args: object, **_kwargs: object) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(store, "save", failing_save)
+    async with aiohttp.ClientSession(headers=AUTH) as http:
+        response = await http.put(f"{url}/v1/tasks/t-1", json={"labels": {"a": "b"}})
+        assert response.status == 503
+        assert (await response.json())["error"]["code"] == "store_unavailable"
+        assert "t-1" not in world.engine.tasks  # type: ignore[attr-defined]
+        monkeypatch.setattr(store, "save", real_save)
+        assert (await http.put(f"{url}/v1/tasks/t-1")).status == 201
+    assert [r.task_id for r in await store.load_tasks()] == ["t-1"]
 
 
 async def test_a_non_utf8_authorization_header_is_401_not_500(
@@ -389,3 +410,26 @@ async def test_end_to_end_labels_restart_delete(tmp_path: Path) -> None:
             # At most the one request that was already on the wire when DELETE answered.
             assert sim.request_count("api-long") <= polls + 1
             assert await second.kill(signal.SIGTERM) == 0
+
+
+async def test_the_task_api_listener_binds_serves_refuses_a_taken_port_and_frees_it(
+    world: World,
+) -> None:
+    """start_task_api serves on the shared listener: a second one on the same port fails and
+    leaves the first serving; close stops serving, frees the port and is safe twice."""
+    store = await Store.open(":memory:")
+    engine = make_engine(world, record=StateRecorder(store))
+    listener = await start_task_api(engine, store, listen="127.0.0.1:0", api_token=API_TOKEN)
+    try:
+        assert listener.url == f"http://127.0.0.1:{listener.port}"
+        with pytest.raises(OSError, match="address already in use"):
+            await start_task_api(engine, store, listen=f"127.0.0.1:{listener.port}")
+        async with aiohttp.ClientSession(headers=AUTH) as http:
+            assert (await http.put(f"{listener.url}/v1/tasks/t-1")).status == 201
+            listing = await (await http.get(f"{listener.url}/v1/tasks")).json()
+        assert [task["task_id"] for task in listing["tasks"]] == ["t-1"]
+    finally:
+        await listener.close()
+        await listener.close()
+        await store.close()
+    await assert_port_released(listener.port)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import math
-import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,7 +21,7 @@ from watcher.config import (
 )
 from watcher.durations import parse_duration
 from watcher.logs import configure_logging
-from watcher.store import StoreError
+from watcher.state.connection import StoreError
 from watcher.task_ids import TASK_ID_RULE, InvalidTaskIdError, is_valid_task_id
 
 EXIT_OK = 0
@@ -257,18 +256,20 @@ def _dispatch(args: argparse.Namespace) -> int:
             )
         )
     if args.command == "webhook-test":
-        from watcher.webhook_test import webhook_test
+        from watcher.commands.webhook_check import run_webhook_test_command
 
         settings = load_settings(config_file=args.config)
-        return asyncio.run(webhook_test(settings, args.name))
+        return asyncio.run(run_webhook_test_command(settings, args.name))
     if args.command == "demo":
-        from watcher.demo import run_demo
+        from watcher.commands.demo import run_demo
 
         return asyncio.run(run_demo(speed=args.speed))
     if args.command == "simulate":
+        from watcher.commands.simulate import run_simulate_command
+
         configure_logging(level="info", fmt="auto")
         try:
-            return asyncio.run(_simulate(args.listen, args.scenario))
+            return asyncio.run(run_simulate_command(args.listen, args.scenario))
         except ValueError as error:
             print(f"cbr-watcher: configuration error: {error}", file=sys.stderr)
             return EXIT_CONFIG
@@ -289,14 +290,3 @@ def _wait(args: argparse.Namespace) -> int:
         )
     except KeyboardInterrupt:  # before the signal handler was in place
         return EXIT_INTERRUPTED
-
-
-async def _simulate(listen: str, scenario: Path | None) -> int:
-    from watcher.sim.server import run_simulator
-
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    await run_simulator(listen, scenario, stop)
-    return EXIT_OK

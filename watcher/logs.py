@@ -19,24 +19,24 @@ from typing import Any, TextIO
 
 import structlog
 
+from watcher.redaction import REDACTED, is_secret_key
+
 LEVELS = {
     "debug": logging.DEBUG,
     "info": logging.INFO,
     "warning": logging.WARNING,
     "error": logging.ERROR,
 }
-REDACTED = "**********"
-_SENSITIVE_WORDS = ("token", "password", "secret", "authorization", "signature", "credential")
 _FALLBACK_TEXT_LIMIT = 200
 
 
 def redact_secrets(
     _logger: object, _method: str, event_dict: MutableMapping[str, Any]
 ) -> MutableMapping[str, Any]:
-    """Last line of defence: blank any field whose *name* says it holds a secret."""
+    """Last line of defence: blank any field whose *name* says it holds a secret
+    (`watcher.redaction.is_secret_key`: "token", "api_key", "X-Auth-Token"; not "token_file")."""
     for key in list(event_dict):
-        lowered = key.lower()
-        if any(word in lowered for word in _SENSITIVE_WORDS) and event_dict[key]:
+        if is_secret_key(key) and event_dict[key]:
             event_dict[key] = REDACTED
     return event_dict
 

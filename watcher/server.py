@@ -3,8 +3,9 @@
 The app is served by `watcher.listener.HttpListener` (re-exported here); the task API on
 `server.api_listen` is a second app on a second listener.
 
-A scrape snapshots the task table on the event loop (a few milliseconds for 10,000 tasks) and
-renders and compresses the text in a worker thread, so the loop keeps polling meanwhile.
+A scrape snapshots the task table on the event loop (references to its immutable rows: about
+a millisecond for 50,000 tasks) and selects, renders and compresses in a worker thread, so
+the loop keeps polling meanwhile.
 No access-log line is written per request.
 """
 

@@ -1,1 +1,2 @@
-"""Subcommands beyond the daemon: `wait`, and the `tasks` and `dead-letters` clients."""
+"""Subcommands beyond the daemon: `wait`, `demo`, `simulate`, `webhook-test`, and the `tasks`
+and `dead-letters` clients."""

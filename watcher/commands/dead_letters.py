@@ -15,7 +15,8 @@ from typing import TextIO
 from watcher.commands.wait_output import printable
 from watcher.config import ConfigError, Settings
 from watcher.payloads import rfc3339
-from watcher.store import DeadLetter, Store
+from watcher.state.rows import DeadLetter
+from watcher.state.sqlite import Store
 
 EXIT_OK = 0
 EXIT_FAILURE = 1

@@ -6,9 +6,9 @@ import sys
 
 import aiohttp
 
-from watcher import __version__
 from watcher.clock import RealClock
 from watcher.config import Settings
+from watcher.http import USER_AGENT
 from watcher.payloads import ping
 from watcher.webhooks import Receiver, post_once
 
@@ -17,7 +17,7 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 
 
-async def webhook_test(settings: Settings, name: str) -> int:
+async def run_webhook_test_command(settings: Settings, name: str) -> int:
     """Send the ping; 0 when the receiver answered 2xx, 1 otherwise, 2 for an unknown name."""
     by_name = {receiver.name: receiver for receiver in settings.webhooks}
     if name not in by_name:
@@ -27,7 +27,7 @@ async def webhook_test(settings: Settings, name: str) -> int:
     receiver = Receiver(by_name[name])
     clock = RealClock()
     msg_id, body = ping(clock.wall(), receiver=name)
-    async with aiohttp.ClientSession(headers={"User-Agent": f"cbr-watcher/{__version__}"}) as s:
+    async with aiohttp.ClientSession(headers={"User-Agent": USER_AGENT}) as s:
         result = await post_once(s, receiver, msg_id, body, clock=clock)
     signed = "signed" if receiver.keys() else "unsigned"
     answer = f"HTTP {result.status}" if result.status is not None else result.error

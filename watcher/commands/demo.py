@@ -2,7 +2,9 @@
 
 Ten simulated CBR tasks (backups, a restore, a replication, a sync, deletions) with every
 terminal status, a task that is not visible at first, a mistyped ID, and injected 5xx, 429 and
-malformed answers. The demo prints each event as the engine emits it and ends with a summary.
+malformed answers; plus a backup policy that starts backups of two servers nobody names, which
+discovery (SPEC §9) finds through ListOpLogs. The demo prints each event as the engine emits it
+and ends with a summary.
 """
 
 from __future__ import annotations
@@ -22,11 +24,23 @@ from watcher.demo_receiver import DemoReceiver
 from watcher.engine import Engine
 from watcher.events import TASK_FAILED, TASK_PROGRESS, TaskEvent
 from watcher.logs import configure_logging
-from watcher.sim import Simulator
+from watcher.sim import PolicySpec, Simulator
 from watcher.sim.scenario import builtin_scenario
 
 MISTYPED_TASK_ID = "backup-ecs-0O11"
 """Not in the scenario: shows how a wrong ID ends (watch.not_found after the grace)."""
+POLICY = PolicySpec(
+    id="policy-nightly",
+    resources=2,
+    every=86_400.0,
+    first=20.0,
+    spread=40.0,
+    duration=150.0,
+    duration_sigma=0.0,
+    waiting=5.0,
+    runs=1,
+)
+"""A backup policy: its backups are started by CBR, and only discovery can find them."""
 
 
 @dataclass
@@ -95,6 +109,7 @@ async def run_demo(*, speed: float = 20.0, out: TextIO | None = None) -> int:
     sim = scenario.build(clock)
     report = DemoReport(clock=clock, start_wall=clock.wall(), out=stream)
     task_ids = [*sim.tasks, MISTYPED_TASK_ID]
+    sim.add_policy(POLICY)
     handles: list[DaemonHandle] = []
 
     def on_started(handle: DaemonHandle) -> None:
@@ -115,6 +130,10 @@ async def run_demo(*, speed: float = 20.0, out: TextIO | None = None) -> int:
                     "not_found_grace": "2m",
                     "deadline": "1h",
                     "exit_when_done": True,
+                    "discover": [
+                        {"operation_type": ["backup"], "labels": {"found_by": "discovery"}}
+                    ],
+                    "discover_interval": "15s",
                 },
                 "log": {"level": "error", "format": "console"},
                 "state": {"path": ":memory:"},
@@ -134,8 +153,9 @@ async def run_demo(*, speed: float = 20.0, out: TextIO | None = None) -> int:
             secrets_dirs=[],
         )
         stream.write(
-            f"cbr-watcher demo: {len(task_ids)} tasks, simulated CBR at {base_url}, "
-            f"time running {speed:g}x faster (times below are simulated mm:ss)\n"
+            f"cbr-watcher demo: {len(task_ids)} named tasks and a backup policy nobody named, "
+            f"simulated CBR at {base_url}, time running {speed:g}x faster "
+            "(times below are simulated mm:ss)\n"
         )
         ticker = asyncio.create_task(report.follow_progress(30.0))
         try:
@@ -152,9 +172,10 @@ async def run_demo(*, speed: float = 20.0, out: TextIO | None = None) -> int:
 def _print_summary(report: DemoReport, sim: Simulator, engine: Engine) -> None:
     out = report.out
     by_task = {e.task_id: e for e in report.events if e.ends_watch}
+    width = max([20, *(len(task_id) for task_id in engine.tasks)])
     out.write("\nSummary\n")
     out.write(
-        f"  {'task':<20} {'type':<13} {'outcome':<16} {'CBR ended':>9} {'detected':>9} "
+        f"  {'task':<{width}} {'type':<13} {'outcome':<16} {'CBR ended':>9} {'detected':>9} "
         f"{'delay':>6} {'polls':>6} {'webhooks':>9}\n"
     )
     hooks: dict[str, list[bool]] = {}
@@ -169,7 +190,7 @@ def _print_summary(report: DemoReport, sim: Simulator, engine: Engine) -> None:
         detected = event.occurred_at if event else None
         delay = f"{detected - ended:.0f}s" if detected is not None and ended is not None else "-"
         out.write(
-            f"  {task_id:<20} {op_type:<13} {outcome:<16} "
+            f"  {task_id:<{width}} {op_type:<13} {outcome:<16} "
             f"{report.since_start(ended) if ended else '-':>9} "
             f"{report.since_start(detected) if detected else '-':>9} "
             f"{delay:>6} {sim.request_count(task_id):>6} {_hooks_cell(hooks.get(task_id, [])):>9}\n"
@@ -179,8 +200,14 @@ def _print_summary(report: DemoReport, sim: Simulator, engine: Engine) -> None:
     p99 = lags[int(len(lags) * 0.99)] if lags else 0.0
     out.write(
         f"\n  {stats.polls_started} polls ({stats.polls_failed} answered with an error and "
-        f"retried); budget {engine.budget.rate:g} requests per simulated second; "
+        f"retried) and {stats.list_pages} list pages that refreshed {stats.list_refreshed} "
+        f"task answers; budget {engine.budget.rate:g} requests per simulated second; "
         f"p99 scheduling lag {p99:.2f} simulated s\n"
+    )
+    discovered = [tid for tid, task in engine.tasks.items() if task.source == "discover"]
+    out.write(
+        f"  Discovery found {len(discovered)} task(s) nobody named, started by backup policy "
+        f"{POLICY.id!r}: {', '.join(discovered) or 'none'} (labels found_by=discovery).\n"
     )
     if report.receiver is not None:
         received = report.receiver.received

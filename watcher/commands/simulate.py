@@ -1,0 +1,24 @@
+"""`cbr-watcher simulate`: the CBR simulator alone, until SIGTERM or SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from pathlib import Path
+
+from watcher.sim.server import run_simulator
+
+EXIT_OK = 0
+
+
+async def run_simulate_command(listen: str, scenario: Path | None) -> int:
+    """Serve `scenario` (the built-in demo when None) on `listen` until a stop signal; 0.
+
+    Raises ValueError for a bad listen address or scenario, OSError if the port is taken.
+    """
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await run_simulator(listen, scenario, stop)
+    return EXIT_OK
