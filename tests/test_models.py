@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import json
+import math
+import tracemalloc
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from watcher.cbr.models import (
     MalformedBodyError,
+    OperationLog,
     parse_list_body,
     parse_show_body,
     parse_timestamp,
 )
+from watcher.safetext import json_bytes
 
 SEED_EXAMPLE: dict[str, Any] = {
     "operation_log": {
@@ -85,7 +91,7 @@ def test_unknown_keys_are_kept_verbatim() -> None:
         "future_field": [1, 2],
     }
     log = parse_show_body({"operation_log": raw})
-    assert log.raw is raw
+    assert log.raw == raw
     assert log.model_extra == {"future_field": [1, 2]}
     assert not log.is_known_status
     assert not log.is_terminal
@@ -200,7 +206,7 @@ def test_typed_text_is_cleaned_and_raw_is_exact() -> None:
         },
     }
     log = parse_show_body({"operation_log": raw})
-    assert log.raw is raw
+    assert log.raw == raw
     assert raw["vault_name"] == bad
     fields = [
         log.vault_name,
@@ -254,7 +260,7 @@ def test_a_key_named_raw_is_just_another_key() -> None:
     """CBR sending a key called "raw" does not collide with the kept raw body."""
     raw = {"id": "t", "status": "running", "raw": "surprise"}
     log = parse_show_body({"operation_log": raw})
-    assert log.raw is raw
+    assert log.raw == raw
 
 
 def test_list_body() -> None:
@@ -264,3 +270,81 @@ def test_list_body() -> None:
     assert [log.id for log in page.operation_logs] == ["4827f2da-b008-4507-ab7d-42d0df5ed912"]
     with pytest.raises(MalformedBodyError):
         parse_list_body({"count": 1})
+
+
+TEXT = st.text(st.one_of(st.characters(), st.characters(categories=["Cs"])), max_size=20)
+JSON_VALUES = st.recursive(
+    st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(min_value=-(10**400), max_value=10**400),
+        st.floats(allow_nan=False),
+        TEXT,
+    ),
+    lambda children: st.one_of(
+        st.lists(children, max_size=4), st.dictionaries(TEXT, children, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(st.dictionaries(TEXT, JSON_VALUES, max_size=6), TEXT, TEXT)
+def test_the_kept_body_is_exactly_what_cbr_sent(
+    extra: dict[str, Any], task_id: str, status: str
+) -> None:
+    """Whatever the object holds (lone surrogates, huge integers, any nesting), `raw` decodes
+    to an equal object with the same key order, and `raw_json` is its compact JSON."""
+    raw = {**extra, "id": task_id, "status": status}
+    log = OperationLog.from_raw(raw)
+    assert log.raw == raw
+    assert list(log.raw) == list(raw)
+    assert log.raw_json == json_bytes(raw)
+    assert json.loads(log.raw_json) == raw
+    assert log.raw is not log.raw  # a fresh copy: a caller editing it changes nothing kept
+    edited = log.raw
+    edited["status"] = "tampered"
+    assert log.raw == raw
+
+
+def test_infinity_and_nan_survive_in_the_kept_body() -> None:
+    """JSON extensions CBR might send (`NaN`, `Infinity`) come back as the same values."""
+    raw = json.loads('{"id": "t", "status": "running", "a": NaN, "b": Infinity, "c": -0.0}')
+    kept = OperationLog.from_raw(raw).raw
+    assert math.isnan(kept["a"])
+    assert kept["b"] == math.inf
+    assert math.copysign(1.0, kept["c"]) == -1.0
+
+
+def test_a_body_json_cannot_hold_is_kept_as_given() -> None:
+    """An object built in Python with a non-JSON value still parses, and raw is that object."""
+    raw = {"id": "t", "status": "running", "when": datetime(2020, 1, 1), "n": 10**5000}
+    log = OperationLog.from_raw(raw)
+    assert log.raw == raw
+    assert log.status == "running"
+
+
+def test_repeated_text_is_shared_between_tasks() -> None:
+    """Two answers hold one copy of their status, type, vault and resource type."""
+    logs = [
+        parse_show_body({"operation_log": json.loads(json.dumps(SEED_EXAMPLE["operation_log"]))})
+        for _ in range(2)
+    ]
+    first, second = logs
+    assert first.status is second.status
+    assert first.operation_type is second.operation_type
+    assert first.resource.type is second.resource.type
+
+
+def test_a_kept_answer_is_small() -> None:
+    """The documented example costs well under 2 KB per kept answer (the issue's 4 KB per
+    watched task leaves room for the task row itself)."""
+    text = json.dumps(SEED_EXAMPLE["operation_log"])
+    bodies = [json.loads(text.replace("4827f2da", f"{n:08x}")) for n in range(2000)]
+    tracemalloc.start()
+    kept = [OperationLog.from_raw(body) for body in bodies]
+    snapshot = tracemalloc.take_snapshot()
+    tracemalloc.stop()
+    # Blocks of 64 KiB and more are shared tables growing (the interned strings, the list).
+    per_answer = sum(t.size for t in snapshot.traces if t.size < 65536) / len(kept)
+    assert per_answer < 2048

@@ -3,7 +3,11 @@
 The cloud adds fields and statuses over time, so every model keeps unknown keys, every field
 but `id` and `status` may be missing, and timestamps are accepted in both documented forms
 (`2020-02-23T01:00:32Z` and `2019-05-23T14:35:23.584+00:00`). The raw JSON object is kept
-next to the parsed view so webhooks can forward it exactly as CBR sent it.
+as compact JSON bytes next to the typed fields, and decoded on demand (`raw`), so webhooks and
+the state file get it exactly as CBR sent it while each watched task holds one representation
+of its last answer: a slotted object of interned text, datetimes and a bytes body, about
+1.5 KB for a typical answer instead of the 8–15 KB of a validated model plus its dict. The
+parser is hand-written: per poll it costs a fraction of model validation.
 
 Tolerant down to single fields: only a missing or non-string `id`/`status`, or a body that is
 not the documented shape at all, makes a body malformed (MalformedBodyError, the only
@@ -23,22 +27,16 @@ SQLite or logs.
 
 from __future__ import annotations
 
+import json
 import math
 import re
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Any, ClassVar
 
-from pydantic import (
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    ModelWrapValidatorHandler,
-    ValidationError,
-    model_validator,
-)
-
-from watcher.safetext import clean
+from watcher.safetext import clean, json_bytes
 
 PENDING_STATUSES = frozenset({"waiting", "running"})
 TERMINAL_STATUSES = frozenset({"success", "failed", "skipped", "timeout"})
@@ -87,12 +85,13 @@ def _shown(value: object) -> str:
     return clean(repr(value)[:80]) if isinstance(value, str) else type(value).__name__
 
 
-Timestamp = Annotated[datetime | None, BeforeValidator(_lenient_timestamp)]
-
-
-def _required_text(value: object) -> object:
-    """A required text field: cleaned when it is a string, left for pydantic to refuse if not."""
-    return clean(value) if isinstance(value, str) else value
+def _required_text(value: object, name: str) -> str:
+    """A required text field: cleaned and interned; MalformedBodyError when absent or not text."""
+    if isinstance(value, str):
+        return _intern(clean(value))
+    if value is None:
+        raise MalformedBodyError(f"{name}: a required text field is missing or null")
+    raise MalformedBodyError(f"{name}: expected text, got {type(value).__name__}")
 
 
 def _optional_text(value: object) -> str | None:
@@ -104,33 +103,19 @@ def _optional_text(value: object) -> str | None:
     return None
 
 
-def _object_or_none(value: object) -> object:
+def _shared_text(value: object) -> str | None:
+    """`_optional_text`, interned: statuses, types, vaults and names repeat across tasks."""
+    text = _optional_text(value)
+    return None if text is None else _intern(text)
+
+
+def _intern(text: str) -> str:
+    return sys.intern(text) if type(text) is str else text
+
+
+def _object(value: object) -> Mapping[str, Any] | None:
     """A sub-object that is not a JSON object is treated as absent."""
-    return value if isinstance(value, dict | BaseModel) else None
-
-
-Text = Annotated[str, BeforeValidator(_required_text)]
-OptionalText = Annotated[str | None, BeforeValidator(_optional_text)]
-
-
-class _Tolerant(BaseModel):
-    """Unknown keys are kept as extras, exactly as sent, without pydantic looking at them:
-    it refuses keys it cannot hold as Rust strings (a lone surrogate)."""
-
-    model_config = ConfigDict(extra="allow", populate_by_name=True)
-
-    @model_validator(mode="wrap")
-    @classmethod
-    def _keep_unknown_keys_aside(cls, data: Any, handler: ModelWrapValidatorHandler[Any]) -> Any:
-        if not isinstance(data, dict):
-            return handler(data)
-        fields = cls.model_fields
-        # `raw` is the watcher's own field, never filled from CBR's keys.
-        if all(key in fields and key != "raw" for key in data):
-            return handler(data)
-        model = handler({k: v for k, v in data.items() if k in fields and k != "raw"})
-        model.__pydantic_extra__ = {k: v for k, v in data.items() if k not in fields or k == "raw"}
-        return model
+    return value if isinstance(value, dict) else None
 
 
 def _progress(value: object) -> int | None:
@@ -146,62 +131,195 @@ def _progress(value: object) -> int | None:
     return None
 
 
-class OpErrorInfo(_Tolerant):
+@dataclass(slots=True)
+class OpErrorInfo:
     """`error_info`: present with empty strings when the task did not fail."""
 
-    code: OptionalText = None
-    message: OptionalText = None
+    FIELDS: ClassVar[tuple[str, ...]] = ("code", "message")
+    code: str | None = None
+    message: str | None = None
+
+    @classmethod
+    def from_raw(cls, raw: Mapping[str, Any]) -> OpErrorInfo:
+        """Read the typed fields of one `error_info` object."""
+        return cls(_optional_text(raw.get("code")), _optional_text(raw.get("message")))
 
 
-class OpExtendInfoCommon(_Tolerant):
+@dataclass(slots=True)
+class OpExtendInfoCommon:
     """`extra_info.common`: progress and request bookkeeping."""
 
-    progress: Annotated[int | None, BeforeValidator(_progress)] = None
-    request_id: OptionalText = None
-    task_id: OptionalText = None
+    FIELDS: ClassVar[tuple[str, ...]] = ("progress", "request_id", "task_id")
+    progress: int | None = None
+    request_id: str | None = None
+    task_id: str | None = None
+
+    @classmethod
+    def from_raw(cls, raw: Mapping[str, Any]) -> OpExtendInfoCommon:
+        """Read the typed fields of one `common` object."""
+        return cls(
+            _progress(raw.get("progress")),
+            _optional_text(raw.get("request_id")),
+            _optional_text(raw.get("task_id")),
+        )
 
 
-class Resource(_Tolerant):
+@dataclass(slots=True)
+class Resource:
     """`extra_info.resource`: the server, disk or file system the task works on."""
 
-    id: OptionalText = None
-    name: OptionalText = None
-    type: OptionalText = None
+    FIELDS: ClassVar[tuple[str, ...]] = ("id", "name", "type")
+    id: str | None = None
+    name: str | None = None
+    type: str | None = None
+
+    @classmethod
+    def from_raw(cls, raw: Mapping[str, Any]) -> Resource:
+        """Read the typed fields of one `resource` object."""
+        # Only the type repeats across tasks often enough to share; IDs and names mostly
+        # do not, and interning them would cost an entry in the interned-string table each.
+        return cls(
+            _optional_text(raw.get("id")),
+            _optional_text(raw.get("name")),
+            _shared_text(raw.get("type")),
+        )
 
 
-class OpExtraInfo(_Tolerant):
-    """`extra_info`: only the parts the watcher reads are typed; the rest are kept as-is."""
-
-    common: Annotated[OpExtendInfoCommon | None, BeforeValidator(_object_or_none)] = None
-    resource: Annotated[Resource | None, BeforeValidator(_object_or_none)] = None
+_NO_RESOURCE = Resource()
 
 
-class OperationLog(_Tolerant):
-    """One CBR task ("operation log")."""
+@dataclass(slots=True)
+class OpExtraInfo:
+    """`extra_info`: only the parts the watcher reads are typed; the rest stay in `raw`."""
 
-    id: Text
-    status: Text
-    operation_type: OptionalText = None
-    project_id: OptionalText = None
-    vault_id: OptionalText = None
-    vault_name: OptionalText = None
-    provider_id: OptionalText = None
-    checkpoint_id: OptionalText = None
-    policy_id: OptionalText = None
-    created_at: Timestamp = None
-    started_at: Timestamp = None
-    updated_at: Timestamp = None
-    ended_at: Timestamp = None
-    error_info: Annotated[OpErrorInfo | None, BeforeValidator(_object_or_none)] = None
-    extra_info: Annotated[OpExtraInfo | None, BeforeValidator(_object_or_none)] = None
-    raw: dict[str, Any] = Field(default_factory=dict, exclude=True)
+    FIELDS: ClassVar[tuple[str, ...]] = ("common", "resource")
+    common: OpExtendInfoCommon | None = None
+    resource: Resource | None = None
+
+    @classmethod
+    def from_raw(cls, raw: Mapping[str, Any]) -> OpExtraInfo:
+        """Read the typed parts of one `extra_info` object."""
+        common, resource = _object(raw.get("common")), _object(raw.get("resource"))
+        return cls(
+            OpExtendInfoCommon.from_raw(common) if common is not None else None,
+            Resource.from_raw(resource) if resource is not None else None,
+        )
+
+
+_RAW_FIELDS = frozenset(
+    {
+        "id",
+        "status",
+        "operation_type",
+        "project_id",
+        "vault_id",
+        "vault_name",
+        "provider_id",
+        "checkpoint_id",
+        "policy_id",
+        "created_at",
+        "started_at",
+        "updated_at",
+        "ended_at",
+        "error_info",
+        "extra_info",
+    }
+)
+"""The keys of an OperationLog that have typed fields; every other key is an extra."""
+
+
+class OperationLog:
+    """One CBR task ("operation log"): the typed fields the watcher reads, and the raw body.
+
+    The fields the engine, metrics and webhooks read on every poll or scrape are parsed once
+    (text interned); the rest (`project_id`, `error_info`, `extra_info`, `model_extra`, …)
+    are read from the kept body when asked for.
+    """
+
+    FIELDS: ClassVar[tuple[str, ...]] = (
+        "id",
+        "status",
+        "operation_type",
+        "project_id",
+        "vault_id",
+        "vault_name",
+        "provider_id",
+        "checkpoint_id",
+        "policy_id",
+        "created_at",
+        "started_at",
+        "updated_at",
+        "ended_at",
+    )
+    """The typed top-level fields (text or datetime), in CBR's order."""
+
+    __slots__ = (
+        "_body",
+        "created_at",
+        "ended_at",
+        "error",
+        "id",
+        "operation_type",
+        "progress",
+        "resource",
+        "started_at",
+        "status",
+        "updated_at",
+        "vault_id",
+        "vault_name",
+    )
+
+    id: str
+    status: str
+    operation_type: str | None
+    vault_id: str | None
+    vault_name: str | None
+    created_at: datetime | None
+    started_at: datetime | None
+    updated_at: datetime | None
+    ended_at: datetime | None
+    progress: int | None
+    """`extra_info.common.progress` (0–100) or None when CBR did not say."""
+    resource: Resource
+    """The resource, or an empty one when CBR omitted it."""
+    error: tuple[str, str] | None
+    """(code, message) when CBR reported an error, None when both are empty."""
+    _body: bytes | dict[str, Any]
+
+    def __init__(self, raw: Mapping[str, Any]) -> None:
+        """Read `raw` (a JSON object as CBR sent it); MalformedBodyError without id/status."""
+        get = raw.get
+        self.id = _required_text(get("id"), "id")
+        self.status = _required_text(get("status"), "status")
+        self.operation_type = _shared_text(get("operation_type"))
+        self.vault_id = _shared_text(get("vault_id"))
+        self.vault_name = _shared_text(get("vault_name"))
+        self.created_at = _lenient_timestamp(get("created_at"))
+        self.started_at = _lenient_timestamp(get("started_at"))
+        self.updated_at = _lenient_timestamp(get("updated_at"))
+        self.ended_at = _lenient_timestamp(get("ended_at"))
+        extra = _object(get("extra_info"))
+        common = _object(extra.get("common")) if extra is not None else None
+        resource = _object(extra.get("resource")) if extra is not None else None
+        self.progress = _progress(common.get("progress")) if common is not None else None
+        self.resource = Resource.from_raw(resource) if resource is not None else _NO_RESOURCE
+        info = _object(get("error_info"))
+        code = _optional_text(info.get("code")) if info is not None else None
+        message = _optional_text(info.get("message")) if info is not None else None
+        self.error = (code or "", message or "") if code or message else None
+        self._body = _compact(raw)
 
     @property
-    def progress(self) -> int | None:
-        """`extra_info.common.progress` (0–100) or None when CBR did not say."""
-        if self.extra_info is None or self.extra_info.common is None:
-            return None
-        return self.extra_info.common.progress
+    def raw(self) -> dict[str, Any]:
+        """The JSON object exactly as CBR sent it (a fresh copy on every access)."""
+        body = self._body
+        return json.loads(body) if isinstance(body, bytes) else body
+
+    @property
+    def raw_json(self) -> bytes:
+        """`raw` as compact UTF-8 JSON, lone surrogates as `\\uXXXX` escapes (no decoding)."""
+        body = self._body
+        return body if isinstance(body, bytes) else json_bytes(body)
 
     @property
     def is_terminal(self) -> bool:
@@ -214,36 +332,78 @@ class OperationLog(_Tolerant):
         return self.status in KNOWN_STATUSES
 
     @property
-    def resource(self) -> Resource:
-        """The resource, or an empty one when CBR omitted it."""
-        if self.extra_info is None or self.extra_info.resource is None:
-            return Resource()
-        return self.extra_info.resource
+    def project_id(self) -> str | None:
+        """`project_id` as text (read from the kept body)."""
+        return _optional_text(self.raw.get("project_id"))
 
     @property
-    def error(self) -> tuple[str, str] | None:
-        """(code, message) when CBR reported an error, None when both are empty."""
-        info = self.error_info
-        if info is None or not (info.code or info.message):
-            return None
-        return info.code or "", info.message or ""
+    def provider_id(self) -> str | None:
+        """`provider_id` as text (read from the kept body)."""
+        return _optional_text(self.raw.get("provider_id"))
+
+    @property
+    def checkpoint_id(self) -> str | None:
+        """`checkpoint_id` as text (read from the kept body)."""
+        return _optional_text(self.raw.get("checkpoint_id"))
+
+    @property
+    def policy_id(self) -> str | None:
+        """`policy_id` as text (read from the kept body)."""
+        return _optional_text(self.raw.get("policy_id"))
+
+    @property
+    def error_info(self) -> OpErrorInfo | None:
+        """`error_info` with its typed fields, None when absent or not an object."""
+        info = _object(self.raw.get("error_info"))
+        return OpErrorInfo.from_raw(info) if info is not None else None
+
+    @property
+    def extra_info(self) -> OpExtraInfo | None:
+        """`extra_info` with its typed parts, None when absent or not an object."""
+        extra = _object(self.raw.get("extra_info"))
+        return OpExtraInfo.from_raw(extra) if extra is not None else None
+
+    @property
+    def model_extra(self) -> dict[str, Any]:
+        """The keys CBR sent that have no typed field (a key named "raw" among them)."""
+        return {key: value for key, value in self.raw.items() if key not in _RAW_FIELDS}
+
+    extras = model_extra
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, OperationLog):
+            return NotImplemented
+        return self.raw_json == other.raw_json
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"OperationLog(id={self.id!r}, status={self.status!r}, progress={self.progress!r})"
 
     @classmethod
     def from_raw(cls, raw: object) -> OperationLog:
-        """Parse one JSON object as CBR sent it, keeping the original alongside."""
+        """Parse one JSON object as CBR sent it, keeping the original as compact bytes."""
         if not isinstance(raw, dict):
             raise MalformedBodyError(f"operation_log is {type(raw).__name__}, not an object")
         try:
-            model = cls.model_validate(raw)
-        except ValidationError as error:
-            raise MalformedBodyError(_first_problem(error)) from None
+            return cls(raw)
+        except MalformedBodyError:
+            raise
         except (RecursionError, OverflowError, ValueError, TypeError) as error:
             raise MalformedBodyError(f"unreadable operation_log ({type(error).__name__})") from None
-        model.raw = raw
-        return model
 
 
-class OpLogPage(BaseModel):
+def _compact(raw: Mapping[str, Any]) -> bytes | dict[str, Any]:
+    """The body as compact JSON bytes; the object itself if it is not plain JSON (built in
+    Python with values JSON cannot hold, or nested too deeply to encode)."""
+    try:
+        return json_bytes(raw)
+    except (RecursionError, OverflowError, ValueError, TypeError):
+        return dict(raw)
+
+
+@dataclass(slots=True)
+class OpLogPage:
     """One page of ListOpLogs: the logs and the `count` CBR reported."""
 
     operation_logs: list[OperationLog]
@@ -276,9 +436,3 @@ def parse_list_body(body: object) -> OpLogPage:
     return OpLogPage(
         operation_logs=logs, count=as_int("count"), limit=as_int("limit"), offset=as_int("offset")
     )
-
-
-def _first_problem(error: ValidationError) -> str:
-    first = error.errors()[0]
-    where = ".".join(str(part) for part in first["loc"]) or "body"
-    return clean(f"{where[:100]}: {first['msg'][:200]}")
