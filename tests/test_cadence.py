@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -14,10 +14,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support import Running, World, make_engine, run_until
 from watcher import schedule
+from watcher.estimator import TailBand, TailPrior
 from watcher.metrics import Metrics
 from watcher.schedule import Decision, Policy, PollState, Reason
 from watcher.sim import SimTaskSpec
 
+Curve = Callable[[float], int]
+"""Progress (0–99) at `t` seconds into the run."""
 POLICY = Policy(interval_min=5.0, interval_max=60.0, deadline=48 * 3600.0, progress_interval=120.0)
 
 
@@ -145,6 +148,111 @@ def test_the_previous_cadence_is_one_flag_away() -> None:
     )
     assert (decision.delay, decision.reason) == (5.0, Reason.CHANGED)
     assert decision.state.track is None
+
+
+def cbr_curve(duration: float, tail: float, exponent: float = 1.0) -> Curve:
+    """100·x^a up to 99 %, then 99 for the last `tail` of the run (0 s = the run's start)."""
+
+    def progress(t: float) -> int:
+        share = min(1.0, max(t, 0.0) / (duration * (1 - tail)))
+        return min(99, math.floor(100 * float(share**exponent)))
+
+    return progress
+
+
+def follow(
+    curve: Curve,
+    end: float,
+    *,
+    tail: TailBand | None = None,
+    policy: Policy = POLICY,
+    seed: int = 1,
+) -> tuple[int, float, list[Decision]]:
+    """Poll as the cadence says from the run's start (a task seen running at once) until the
+    end: (polls, detection delay, every decision)."""
+    rng = random.Random(seed)
+    state, now, polls, decisions = PollState(), 0.0, 0, []
+    previous: int | None = None
+    while now < end:
+        polls += 1
+        progress = curve(now)
+        decision = schedule.after_success(
+            policy,
+            state,
+            changed=progress != previous,
+            rng=rng,
+            status="running",
+            progress=progress,
+            now=now,
+            tail=tail,
+        )
+        decisions.append(decision)
+        state, previous, now = decision.state, progress, now + decision.delay
+    return polls + 1, now - end, decisions
+
+
+def learned_band(tails: Sequence[float]) -> TailBand:
+    """The band a TailPrior learns from tasks that ended with these tails (shares of the run)."""
+    prior = TailPrior()
+    for n, tail in enumerate(tails):
+        duration = 3000.0 + 97.0 * n
+        _, delay, decisions = follow(cbr_curve(duration, tail), duration)
+        prior.learn("backup", decisions[-1].state.track, ended_seen=duration + delay)
+    return prior.band("backup")
+
+
+def test_the_far_cadence_is_just_under_the_progress_interval() -> None:
+    """Far from the end the gauge is refreshed every progress_interval, never less often and
+    barely more (1 % jitter)."""
+    _, _, decisions = follow(cbr_curve(8 * 3600.0, 0.05), 8 * 3600.0)
+    far = [d.delay for d in decisions if d.reason is Reason.PROGRESS]
+    assert len(far) > 150
+    assert all(0.99 * 120 <= delay <= 120 for delay in far)
+
+
+def test_a_task_whose_tail_was_long_before_is_polled_densely_around_its_learned_end() -> None:
+    """Earlier tasks sat at 99 % for 10–14 % of their run (longer than the built-in band):
+    the next one is polled at the near-end interval around its learned end and seen within
+    it; with the built-in band its end comes after the window and is found by overdue
+    growth, later but within poll_interval_max."""
+    band = learned_band([0.10 + 0.04 * n / 39 for n in range(40)])
+    edge = schedule.NEAR_END_EDGE * POLICY.interval_min
+    learned, blind = [], []
+    for seed in range(8):
+        duration = 2.5 * 3600.0 + 200.0 * seed
+        curve = cbr_curve(duration, 0.12)
+        polls, delay, decisions = follow(curve, duration, tail=band, seed=seed)
+        assert decisions[-1].reason is Reason.NEAR_END
+        assert polls <= duration / 120 + 0.04 * duration / edge + 30
+        learned.append(delay)
+        _, delay, decisions = follow(curve, duration, seed=seed)
+        assert decisions[-1].reason is Reason.OVERDUE
+        blind.append(delay)
+    assert all(0 <= delay <= edge for delay in learned)
+    assert max(blind) > edge
+    assert all(0 <= delay <= POLICY.interval_max for delay in blind)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    duration=st.floats(min_value=300.0, max_value=12 * 3600.0),
+    tail=st.floats(min_value=0.03, max_value=0.6),
+    exponent=st.floats(min_value=0.6, max_value=1.8),
+    seed=st.integers(0, 2**16),
+)
+def test_never_later_than_the_maximum_once_the_estimate_passes(
+    duration: float, tail: float, exponent: float, seed: int
+) -> None:
+    """Whatever the tail (inside the band or far beyond it), a task that ends on its plateau
+    is seen within poll_interval_max of its end; inside the built-in band (up to 8 % of the
+    run), within the near-end interval."""
+    curve = cbr_curve(duration, tail, exponent)
+    _, delay, decisions = follow(curve, duration, seed=seed)
+    assert 0 <= delay <= POLICY.interval_max
+    on_plateau = [d for d in decisions if d.state.track and d.state.track.plateau]
+    assert all(d.delay <= POLICY.interval_max for d in on_plateau)
+    if tail <= 0.08 and duration >= 1800:
+        assert delay <= schedule.NEAR_END_EDGE * POLICY.interval_min + 1e-9
 
 
 # ---- precedence: Retry-After, errors, 404 grace and the deadline over the estimate -------------

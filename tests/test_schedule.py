@@ -7,6 +7,7 @@ import random
 import pytest
 
 from watcher import schedule
+from watcher.backoff import full_jitter
 from watcher.schedule import Policy, PollState, Reason
 
 POLICY = Policy(interval_min=5.0, interval_max=60.0, deadline=3600.0, not_found_grace=120.0)
@@ -134,3 +135,25 @@ def test_transient_errors_do_not_restart_the_not_found_grace() -> None:
     state = schedule.after_throttled(POLICY, state.state, retry_after=None, rng=rng)
     assert state.state.not_found_since == 0.0
     assert schedule.after_not_found(POLICY, state.state, now=125.0, rng=rng) is None
+
+
+@pytest.mark.parametrize("streak", [0, 1, 3, 7, 80])
+def test_every_backoff_is_the_one_full_jitter_rule(streak: int) -> None:
+    """Errors, 429s, 404s and quiet polls draw exactly what `watcher.backoff.full_jitter`
+    draws for the same attempt and random stream: one rule, floored at poll_interval_min."""
+
+    def expected(attempt: int) -> float:
+        return full_jitter(
+            attempt, base=5.0, cap=60.0, rng=random.Random(streak), floor=POLICY.interval_min
+        )
+
+    state = PollState(error_streak=streak, quiet_polls=streak)
+    rng = random.Random
+    assert schedule.after_error(POLICY, state, rng=rng(streak)).delay == expected(streak + 1)
+    throttled = schedule.after_throttled(POLICY, state, retry_after=None, rng=rng(streak))
+    assert throttled.delay == expected(streak + 1)
+    not_found = schedule.after_not_found(POLICY, state, now=0.0, rng=rng(streak))
+    assert not_found is not None
+    assert not_found.delay == expected(streak + 1)
+    quiet = schedule.after_success(POLICY, state, changed=False, rng=rng(streak))
+    assert quiet.delay == expected(streak)

@@ -13,9 +13,12 @@ The model, and why:
 * CBR's progress reaches 99 % before the task ends and sits there while the backup is
   committed ("the plateau"). The end is therefore not where the rate says 100 % would be but
   a while after: the last per cent at the latest rate (a curve that slows toward its end
-  takes longer), then `TAIL_RATIO` times the time the task took to reach the plateau, give or
-  take `TAIL_SPREAD` of it. CBR's backups sit at 99 % for the last few per cent of the run;
-  5.5 % ± 2 % of the time before the plateau covers a tail of 3.5–7 % of the whole run.
+  takes longer), then a share of the time the task took to reach the plateau, somewhere in a
+  `TailBand`. CBR's backups sit at 99 % for the last few per cent of the run: the built-in
+  band, `DEFAULT_TAIL`, is 3–9 % of the time before the plateau (a tail of 3–8 % of the run).
+  A `TailPrior` learns the band from the tasks that ended in this process, per operation type
+  (`tail_ratio` measures one), so a fleet whose tails are narrower is polled in a narrower
+  window, and one whose tails are wider is not caught late over and over.
 * A sample's time is the poll that saw it; the value changed somewhere after the poll before
   (`Sample.after`). Where that matters (when the task started running, when it reached the
   plateau) the middle of that gap is used and half of it is added to the uncertainty.
@@ -23,22 +26,40 @@ The model, and why:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 PLATEAU = 99
 """Progress at and above which a running task is in its final stretch."""
-TAIL_RATIO = 0.055
-"""Time after 100 % would have been reached ÷ time the task ran before the plateau (the middle
-of the prior; the time from 99 to 100 % at the latest rate comes on top)."""
-TAIL_SPREAD = 0.02
-"""How far the real ratio may be from TAIL_RATIO (half-width, same unit)."""
 RECENT = 4
 """Changes remembered besides the first look: enough for a recent rate, bounded for 50k tasks."""
 STALL_STEPS = 3.0
+"""A track is stalled once progress has not moved for this many expected one-per-cent steps."""
 MIN_SPAN = 8
 """Per cent the recent changes must span before the recent rate is trusted on its own."""
-"""A track is stalled once progress has not moved for this many expected one-per-cent steps."""
+
+
+class TailBand(NamedTuple):
+    """Where the tail ends: time after 100 % would have been reached at the latest rate, as a
+    share of the time the task ran before the plateau (lowest and highest plausible)."""
+
+    low: float
+    high: float
+
+    @property
+    def middle(self) -> float:
+        """The most likely share (the band is treated as flat)."""
+        return (self.low + self.high) / 2
+
+    @property
+    def half_width(self) -> float:
+        """How far the real share may be from `middle`."""
+        return (self.high - self.low) / 2
+
+
+DEFAULT_TAIL = TailBand(0.03, 0.09)
+"""The built-in band, used until a `TailPrior` has learned one."""
 
 
 class Sample(NamedTuple):
@@ -157,7 +178,9 @@ def _last_percent(progress: int, rate: float | None) -> float:
     return (100 - progress) / rate
 
 
-def estimate(track: Track, now: float, *, min_uncertainty: float = 0.0) -> Estimate | None:
+def estimate(
+    track: Track, now: float, *, min_uncertainty: float = 0.0, tail: TailBand = DEFAULT_TAIL
+) -> Estimate | None:
     """The expected end of a pending task, or None while there is nothing to go on.
 
     Nothing to go on: progress has not moved in this status and is not on the plateau (a task
@@ -169,9 +192,9 @@ def estimate(track: Track, now: float, *, min_uncertainty: float = 0.0) -> Estim
         onset = (plateau.after + plateau.seen) / 2
         start = min(_run_start(track, whole), onset)
         ran = onset - start
-        uncertainty = TAIL_SPREAD * ran + (plateau.seen - plateau.after) / 2
+        uncertainty = tail.half_width * ran + (plateau.seen - plateau.after) / 2
         return Estimate(
-            end=onset + _last_percent(plateau.progress, recent) + TAIL_RATIO * ran,
+            end=onset + _last_percent(plateau.progress, recent) + tail.middle * ran,
             uncertainty=max(uncertainty, min_uncertainty),
             plateau_at=onset,
             plateau_early=onset,
@@ -196,9 +219,9 @@ def estimate(track: Track, now: float, *, min_uncertainty: float = 0.0) -> Estim
     # and a rate measured over few steps is off by up to one step in that many.
     quantum = min(step, last.seen - last.after)
     coarse = (point - base) / max(last.progress - track.first.progress, 1)
-    uncertainty = (point - early) + TAIL_SPREAD * ran + quantum + coarse
+    uncertainty = (point - early) + tail.half_width * ran + quantum + coarse
     return Estimate(
-        end=point + _last_percent(PLATEAU, recent) + TAIL_RATIO * ran,
+        end=point + _last_percent(PLATEAU, recent) + tail.middle * ran,
         uncertainty=max(uncertainty, min_uncertainty),
         plateau_at=point,
         plateau_early=max(early, now),
@@ -207,3 +230,79 @@ def estimate(track: Track, now: float, *, min_uncertainty: float = 0.0) -> Estim
         stalled=stalled,
         on_plateau=False,
     )
+
+
+def tail_ratio(track: Track, *, ended_seen: float) -> float | None:
+    """The tail share a finished task really had (what `TailBand` bounds), from the track of
+    its last pending status and the poll that saw it ended; None without a plateau or when
+    the polls around the plateau's start or the end were too far apart to tell."""
+    plateau = track.plateau
+    if plateau is None:
+        return None
+    whole, recent = rates(track)
+    onset = (plateau.after + plateau.seen) / 2
+    ran = onset - min(_run_start(track, whole), onset)
+    if ran <= 0:
+        return None
+    end = (track.last_look + ended_seen) / 2
+    # Polls far apart at either end of the tail make the share a guess: learn only from tails
+    # measured to within LEARN_PRECISION of the run.
+    error = (plateau.seen - plateau.after + ended_seen - track.last_look) / 2
+    if error > LEARN_PRECISION * ran:
+        return None
+    return max(0.0, end - onset - _last_percent(plateau.progress, recent)) / ran
+
+
+LEARN_PRECISION = 0.02
+"""How precisely (share of the run before the plateau) a tail must be measured to be learned:
+a third of the built-in band's width."""
+LEARN_AFTER = 8
+"""Finished tasks of one operation type before their band replaces the built-in one."""
+LEARN_KEEP = 256
+"""Tail shares remembered per operation type (the most recent ones)."""
+LEARN_TYPES = 32
+"""Operation types remembered; a type beyond these uses the built-in band."""
+LEARN_QUANTILE = 0.02
+"""Share of the learned tails left outside the band at each side (one freak tail, say a
+commit that hung, must not widen every later window)."""
+
+
+@dataclass(slots=True)
+class TailPrior:
+    """What the tasks that ended in this process say about tails, per operation type.
+
+    Pure (no I/O, no clock) and bounded: `learn` when a task ends, `band` for the next estimate.
+    The learned band spans the learned shares (bar `LEARN_QUANTILE` at each side) widened by one
+    spacing between neighbouring samples, so it only narrows as evidence accumulates.
+    """
+
+    default: TailBand = DEFAULT_TAIL
+    _shares: dict[str, deque[float]] = field(default_factory=dict)
+
+    def learn(self, operation_type: str, track: Track | None, *, ended_seen: float) -> None:
+        """Record the tail of a task that just ended (ignored without a plateau)."""
+        share = tail_ratio(track, ended_seen=ended_seen) if track is not None else None
+        if share is None:
+            return
+        shares = self._shares.get(operation_type)
+        if shares is None:
+            if len(self._shares) >= LEARN_TYPES:
+                return
+            shares = self._shares[operation_type] = deque(maxlen=LEARN_KEEP)
+        shares.append(share)
+
+    def band(self, operation_type: str) -> TailBand:
+        """The band for the next task of `operation_type`."""
+        shares = self._shares.get(operation_type)
+        if shares is None or len(shares) < LEARN_AFTER:
+            return self.default
+        ordered = sorted(shares)
+        cut = int(LEARN_QUANTILE * len(ordered))
+        kept = ordered[cut : len(ordered) - cut]
+        margin = (kept[-1] - kept[0]) / max(len(kept) - 1, 1)
+        return TailBand(max(0.0, kept[0] - margin), kept[-1] + margin)
+
+    def learned(self, operation_type: str) -> int:
+        """How many tails of `operation_type` are remembered."""
+        shares = self._shares.get(operation_type)
+        return len(shares) if shares is not None else 0

@@ -6,20 +6,23 @@ engine can log and count why a task waits as long as it does.
 The cadence of a task that reports progress (see `watcher.estimator` for the estimate):
 
 * first poll at once; while waiting, the cadence below for tasks without progress;
-* running, before progress first moves: half the time it has run so far, up to
+* running, before progress first moves: the time it has run so far, up to
   `progress_interval` (`no_rate`);
-* far from the estimated end, every `progress_interval` (up to 5 % less, at random, so
-  tasks added together drift apart: `progress`), but never longer than half the time the
-  task has been making progress while the estimate is young (`estimate`);
+* far from the estimated end, every `progress_interval` (up to 1 % less, at random, so
+  tasks added together drift apart: `progress`), but never longer than the time the task
+  has been making progress while the estimate is young (`estimate`);
 * closing in on the plateau (99 %), 0.7 × the time left to its earliest plausible start,
   but no tighter than the precision the tail estimate can use (`approach`);
-* on the plateau, densest at the estimated end: `poll_interval_min` there, growing to
-  2.6 × `poll_interval_min` within 12 × `poll_interval_min` of it and staying there to the
-  edges of the uncertainty window (`near_end`); before the window, closing in, never more
-  than `poll_interval_max` apart (`approach`);
+* on the plateau, the window is the tail band (built in, or learned by a
+  `watcher.estimator.TailPrior` from the tasks that ended: `tail=`) plus what the samples
+  disagree on. Inside it (`near_end`) every 2.6 × `poll_interval_min` (the end is as likely
+  anywhere in it, so that interval bounds the delay), tightening to `poll_interval_min` at
+  the estimated end itself; before it, a wake-up at its start, never more than
+  `poll_interval_max` apart on the plateau (`approach`);
 * once the window has passed without an end, today's jittered growth toward
-  `poll_interval_max` (`overdue`); progress that stopped where the rate said it would move
-  grows the same way, with equal jitter and within a share of the run (`stalled`);
+  `poll_interval_max` (`overdue`), so the end is seen within `poll_interval_max`;
+  progress that stopped where the rate said it would move grows fast to just under
+  `poll_interval_max` (a hung step may end the task) within a share of the run (`stalled`);
 * never longer than `progress_interval` while running with progress.
 
 Tasks without progress (and tasks whose progress has not moved yet):
@@ -32,8 +35,9 @@ Tasks without progress (and tasks whose progress has not moved yet):
 
 For every task:
 
-* transient errors and throttling grow their own cap the same way; a Retry-After header is
-  a floor under whatever the backoff says; errors keep the progress samples;
+* transient errors and throttling grow their own cap the same way (every jitter here is
+  `watcher.backoff.full_jitter`); a Retry-After header is a floor under whatever the backoff
+  says; errors keep the progress samples;
 * nothing is scheduled past the task's deadline: the last poll happens at the deadline.
 """
 
@@ -44,7 +48,8 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 
 from watcher import estimator
-from watcher.estimator import Estimate, Track
+from watcher.backoff import capped_exponential, full_jitter
+from watcher.estimator import DEFAULT_TAIL, Estimate, TailBand, Track
 
 
 class Reason(StrEnum):
@@ -118,15 +123,19 @@ class Decision:
 
 
 def _capped(policy: Policy, steps: int) -> float:
-    """interval_min · 2^steps, never above interval_max (and safe for huge `steps`)."""
-    if steps >= 63:
-        return policy.interval_max
-    return min(policy.interval_max, policy.interval_min * float(2**steps))
+    """interval_min · 2^steps, never above interval_max."""
+    return capped_exponential(steps, base=policy.interval_min, cap=policy.interval_max)
 
 
 def _jittered(policy: Policy, steps: int, rng: random.Random) -> float:
-    cap = _capped(policy, steps)
-    return policy.interval_min + rng.random() * (cap - policy.interval_min)
+    """Full jitter above interval_min, under a cap that doubles with `steps`."""
+    return full_jitter(
+        steps,
+        base=policy.interval_min,
+        cap=policy.interval_max,
+        rng=rng,
+        floor=policy.interval_min,
+    )
 
 
 def after_success(
@@ -138,18 +147,23 @@ def after_success(
     status: str | None = None,
     progress: int | None = None,
     now: float | None = None,
+    tail: TailBand | None = None,
 ) -> Decision:
     """A poll returned a pending task. `changed`: status or progress differs from the last look.
 
     With `status` and `now` (wall seconds) the progress samples drive the cadence (see the
     module docstring); without them, or with `policy.progress_aware` off, the previous one.
+    `tail`: the band a `watcher.estimator.TailPrior` learned for the task's operation type
+    (the built-in band when None).
     """
     if not policy.progress_aware or status is None or now is None:
         return _unchanged_or_changed(policy, state, changed=changed, rng=rng, track=None)
     track = estimator.observe(state.track, status=status, progress=progress, now=now)
     if track is None:
         return _unchanged_or_changed(policy, state, changed=changed, rng=rng, track=None)
-    estimate = estimator.estimate(track, now, min_uncertainty=policy.interval_min)
+    estimate = estimator.estimate(
+        track, now, min_uncertainty=policy.interval_min, tail=tail or DEFAULT_TAIL
+    )
     if estimate is None:
         if track.status != RUNNING:
             return _unchanged_or_changed(policy, state, changed=changed, rng=rng, track=track)
@@ -174,23 +188,25 @@ def _unchanged_or_changed(
 
 RUNNING = "running"
 NEAR_END_EDGE = 2.6
-"""Polling interval at the edges of the uncertainty window, in multiples of interval_min."""
-NEAR_END_RAMP = 12.0
+"""Polling interval inside the uncertainty window (bar the estimate itself), in multiples of
+interval_min: under the fixed 15 s poller's, so the delay there is no worse than its."""
+NEAR_END_RAMP = 2.0
 """Distance from the estimate, in multiples of interval_min, over which the interval grows
 from interval_min to the edge interval."""
 APPROACH_SHARE = 0.7
-"""Closing in: sleep this share of the time left to the plateau's earliest plausible start
-(or, on the plateau, to the window around the estimated end)."""
-PRECISION_SHARE = estimator.TAIL_SPREAD
+"""Closing in: sleep this share of the time left to the plateau's earliest plausible start."""
+PRECISION_SHARE = 0.02
 """Before the plateau, the interval never drops below this share of the run so far: knowing
 when the plateau starts more precisely than the tail after it is known buys nothing."""
-YOUNG_SHARE = 0.5
+YOUNG_SHARE = 1.0
 """Without a rate, never sleep longer than this share of the time the task has run."""
-ESTIMATE_SHARE = 0.5
+ESTIMATE_SHARE = 1.0
 """With a rate, likewise: early rates are noisy, and a stall or a leap distorts them."""
 OVERDUE_START = 2
 """Growth steps already taken when a window runs out: the first overdue cap is 4 × min."""
-FAR_JITTER = 0.05
+STALL_JITTER = 0.1
+"""A stalled task waits its cap minus up to this share of it, at random."""
+FAR_JITTER = 0.01
 """Far from the end the interval is progress_interval minus up to this share, at random."""
 
 
@@ -202,11 +218,13 @@ def _by_estimate(
         return _on_plateau(policy, state, estimate, now=now, rng=rng)
     ran = max(estimate.plateau_at - estimate.run_start, 0.0)
     if estimate.stalled:
-        # A stall can last hours (a failing step): equal jitter, not full, once grown; and a
-        # short task's stall is short, so its cap stays a share of the run.
-        steps = state.quiet_polls + 1
+        # A stall can last hours, and a hung step ends the task failed: grow fast to just
+        # under interval_max (STALL_JITTER, not full jitter: thousands of polls would be
+        # wasted on a long stall); a short task's stall is short, so its cap stays a share of
+        # the run.
+        steps = max(state.quiet_polls, OVERDUE_START) + 1
         cap = min(_capped(policy, steps), max(policy.interval_min, PRECISION_SHARE * ran))
-        return cap * (0.5 + 0.5 * rng.random()), Reason.STALLED, steps
+        return cap * (1 - STALL_JITTER * rng.random()), Reason.STALLED, steps
     far = _far(policy, rng)
     precision = min(far, max(policy.interval_min, PRECISION_SHARE * ran))
     approach = max(APPROACH_SHARE * (estimate.plateau_early - now), precision)
@@ -231,14 +249,21 @@ def _on_plateau(
         steps = OVERDUE_START + state.quiet_polls
         return _jittered(policy, steps, rng), Reason.OVERDUE, state.quiet_polls + 1
     minimum = policy.interval_min
+    edge = min(NEAR_END_EDGE * minimum, policy.interval_max)
     distance = abs(ahead)
     if distance <= window:
-        # Densest at the estimate, then flat: a wide window costs its width ÷ the edge interval.
+        # interval_min at the estimate, the edge interval a short ramp away and out to the
+        # edges: the end is as likely anywhere in the window, so the edge interval bounds
+        # the delay and a wide window costs its width ÷ the edge interval.
         ramp = min(window, NEAR_END_RAMP * minimum)
-        delay = minimum * (1 + (NEAR_END_EDGE - 1) * min(1.0, distance / ramp))
-        return min(delay, policy.interval_max), Reason.NEAR_END, 0
-    # Before the window: close in fast, but the plateau may be short, so never above max.
-    delay = NEAR_END_EDGE * minimum + APPROACH_SHARE * (distance - window)
+        delay = minimum + (edge - minimum) * min(1.0, distance / ramp)
+        # Never step over the estimate itself.
+        if ahead > minimum:
+            delay = min(delay, ahead)
+        return delay, Reason.NEAR_END, 0
+    # Before the window: wake up at its start, but the plateau may be shorter than the band
+    # says, so never more than interval_max apart.
+    delay = max(distance - window, minimum)
     return min(delay, policy.interval_max), Reason.APPROACH, 0
 
 
