@@ -25,6 +25,7 @@ from watcher.config import (
     require_runnable,
 )
 from watcher.durations import DURATION_RULE
+from watcher.outbox import receiver_wants
 from watcher.task_ids import TASK_ID_RULE
 
 WHSEC = "whsec_" + base64.b64encode(b"0123456789abcdef").decode()
@@ -90,6 +91,9 @@ def test_defaults_match_the_spec() -> None:
         "exit_when_done": False,
         "progress_interval": 120.0,
         "auth_failure_timeout": 600.0,
+        "discover": [],
+        "discover_interval": 30.0,
+        "discover_lookback": 3600.0,
     }
     assert settings.webhooks == []
     assert (settings.metrics.retention, settings.metrics.max_task_series) == (900.0, 10000)
@@ -874,10 +878,10 @@ def test_receiver_event_selection() -> None:
     (receiver,) = Settings(
         webhooks=[{"name": "ops", "url": "https://x.example", "events": ["task.*"]}]
     ).webhooks
-    assert receiver.wants("task.failed")
-    assert not receiver.wants("task.progress")  # a glob never selects task.progress
-    assert not receiver.wants("watch.expired")
+    assert receiver_wants(receiver.events, "task.failed")
+    assert not receiver_wants(receiver.events, "task.progress")  # a glob never selects it
+    assert not receiver_wants(receiver.events, "watch.expired")
     (progress,) = Settings(
         webhooks=[{"name": "p", "url": "https://x.example", "events": ["task.progress"]}]
     ).webhooks
-    assert progress.wants("task.progress")
+    assert receiver_wants(progress.events, "task.progress")

@@ -22,10 +22,10 @@ from watcher.clock import FakeClock
 from watcher.engine import INVARIANT_CHECK_INTERVAL, Engine, WatchedTask
 from watcher.events import TaskEvent
 from watcher.metrics import Metrics
-from watcher.persistence import StateRecorder
 from watcher.server import Health
 from watcher.sim import SimTaskSpec, Simulator
-from watcher.store import Store
+from watcher.state.recorder import StateRecorder
+from watcher.state.sqlite import Store
 
 SURPRISES: list[type[Exception]] = [
     RecursionError,

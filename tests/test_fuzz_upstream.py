@@ -137,11 +137,10 @@ def typed_texts(log: OperationLog) -> list[str]:
     for part in parts:
         if isinstance(part, OperationLog | OpErrorInfo | OpExtendInfoCommon | Resource):
             found += [
-                value
-                for name in type(part).model_fields
-                if isinstance(value := getattr(part, name), str)
+                value for name in part.FIELDS if isinstance(value := getattr(part, name), str)
             ]
-    return found
+    found += [text for text in (log.resource.id, log.resource.name, log.resource.type) if text]
+    return found + list(log.error or ())
 
 
 def check_log(log: OperationLog) -> None:

@@ -18,7 +18,8 @@ from watcher.events import TaskEvent
 from watcher.metrics import Metrics
 from watcher.payloads import event_body
 from watcher.safetext import clean, json_bytes
-from watcher.store import Store, TaskRecord
+from watcher.state.rows import TaskRecord
+from watcher.state.sqlite import Store
 
 # Any code point, lone surrogates included (hypothesis leaves them out unless asked).
 ANY_TEXT = st.text(st.characters(codec=None, exclude_categories=()), max_size=20)
@@ -87,11 +88,16 @@ def _task(task_id: str, status: str, labels: dict[str, str], info: str) -> Watch
         "vault_name": info,
         "extra_info": {"resource": {"name": info, "type": info}, "common": {"progress": 5}},
     }
-    task = WatchedTask(task_id=task_id, labels=labels, source="api", added_wall=1_767_225_600.0)
-    task.operation_log = OperationLog.from_raw(raw)
-    task.status = task.operation_log.status
-    task.progress = 5
-    return task
+    operation_log = OperationLog.from_raw(raw)
+    return WatchedTask(
+        task_id=task_id,
+        labels=labels,
+        source="api",
+        added_wall=1_767_225_600.0,
+        operation_log=operation_log,
+        status=operation_log.status,
+        progress=5,
+    )
 
 
 class Table:

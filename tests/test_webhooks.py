@@ -20,8 +20,9 @@ from watcher.cbr.models import OperationLog
 from watcher.clock import FakeClock, drive_until
 from watcher.config import WebhookSettings
 from watcher.events import TaskEvent
+from watcher.outbox import Outbox
 from watcher.signing import sign, split_secrets, verify
-from watcher.store import Store
+from watcher.state.sqlite import Store
 from watcher.webhooks import Deliverer, DeliveryObserver, NullObserver, Receiver
 
 SECRET = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
@@ -106,7 +107,6 @@ async def setup() -> AsyncIterator[Setup]:
                 store=store,
                 receivers=[Receiver(settings)],
                 clock=clock,
-                project_id=PROJECT,
                 observer=observer,
             )
 
@@ -128,9 +128,15 @@ async def deliver(
         await runner
 
 
+def outbox_of(deliverer: Deliverer) -> Outbox:
+    """The outbox that routes to the deliverer's receivers, as the daemon builds it."""
+    settings = [receiver.settings for receiver in deliverer.receivers.values()]
+    return Outbox.for_receivers(settings, project_id=PROJECT)
+
+
 async def enqueue(deliverer: Deliverer, store: Store, *events: TaskEvent) -> None:
     """Commit events to the outbox, as the engine's recorder does."""
-    await store.enqueue([entry for event in events for entry in deliverer.outbox_entries(event)])
+    await store.enqueue(outbox_of(deliverer).entries_for(events))
     deliverer.wake()
 
 
@@ -222,7 +228,7 @@ async def test_body_schema(setup: Setup) -> None:
 async def test_event_filters(setup: Setup, globs: list[str], event_type: str, wanted: bool) -> None:
     """Globs select event types; task.progress only when named exactly."""
     deliverer = setup.make(events=globs)
-    entries = deliverer.outbox_entries(make_event(event_type=event_type, at=0))
+    entries = outbox_of(deliverer).entries(make_event(event_type=event_type, at=0))
     assert bool(entries) is wanted
 
 
@@ -349,9 +355,7 @@ async def test_a_dead_receiver_does_not_delay_another(setup: Setup) -> None:
             ),
             Receiver(WebhookSettings.model_validate({"name": "fast", "url": healthy.url})),
         ]
-        deliverer = Deliverer(
-            store=setup.store, receivers=receivers, clock=setup.clock, project_id=PROJECT
-        )
+        deliverer = Deliverer(store=setup.store, receivers=receivers, clock=setup.clock)
         await enqueue(
             deliverer, setup.store, *[make_event(f"t{n}", at=setup.clock.wall()) for n in range(5)]
         )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import math
 import time
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
@@ -58,14 +59,26 @@ class RealClock:
 
 
 class ScaledClock:
-    """Real time running `speed` times faster, from the moment the clock is created."""
+    """Real time running `speed` times faster, from the moment the clock is created.
 
-    def __init__(self, speed: float) -> None:
-        if speed <= 0:
-            raise ValueError("speed must be positive")
+    `origin` = (a `time.monotonic()` reading, the epoch seconds it stands for) anchors the
+    scaled timeline at that instant instead. CLOCK_MONOTONIC is system-wide on Linux, so two
+    processes given the same speed and origin read the same scaled time (a benchmark's engine
+    and its simulator in another process).
+    """
+
+    def __init__(self, speed: float, *, origin: tuple[float, float] | None = None) -> None:
+        if not math.isfinite(speed) or speed <= 0:
+            raise ValueError("speed must be a positive number")
+        if origin is not None and not all(math.isfinite(value) for value in origin):
+            raise ValueError("origin must be two finite numbers (monotonic, wall)")
         self.speed = speed
-        self._mono0 = time.monotonic()
-        self._wall0 = time.time()
+        self._mono0, self._wall0 = origin if origin is not None else (time.monotonic(), time.time())
+
+    @property
+    def origin(self) -> tuple[float, float]:
+        """(monotonic reading, epoch seconds) where this clock's scaled time starts."""
+        return self._mono0, self._wall0
 
     def monotonic(self) -> float:
         """Scaled seconds since creation, on a monotonic base."""

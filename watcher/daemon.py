@@ -19,22 +19,27 @@ from watcher.cbr.auth import Authenticator, TokenAuthenticator
 from watcher.cbr.client import CbrClient, RequestObserver, make_ssl_context
 from watcher.cbr.iam import PasswordAuthenticator, TokenListener
 from watcher.clock import Clock, RealClock
-from watcher.config import Settings, parse_listen
+from watcher.config import Settings
+from watcher.discovery import Discovery
 from watcher.engine import Engine, TaskRecorder, discard_records
 from watcher.events import EventSink, TaskEvent, discard_events
+from watcher.gc_tuning import GcTuner
 from watcher.metrics import Metrics
+from watcher.outbox import Outbox
 from watcher.payloads import rfc3339
-from watcher.persistence import StateRecorder, restore, to_watched
 from watcher.server import Health, start_metrics_listener
-from watcher.store import Store
+from watcher.state.recorder import StateRecorder
+from watcher.state.records import to_watched
+from watcher.state.restore import restore
+from watcher.state.sqlite import Store
 from watcher.systemd import SystemdNotifier
 from watcher.task_api import start_task_api
+from watcher.task_file import TaskFileSource
 from watcher.task_ids import InvalidTaskIdError, parse_task_file
 from watcher.webhooks import Deliverer, Receiver
 
 log = structlog.get_logger("watcher.daemon")
 
-TASK_FILE_CHECK_INTERVAL = 5.0
 EXIT_DRAIN_TIMEOUT = 30.0
 """With --exit-when-done, how long to wait for webhooks before exiting (the rest stay queued)."""
 AUTH_CHECK_INTERVAL = 1.0
@@ -152,52 +157,6 @@ class DaemonHandle:
     """Where /metrics, /healthz and /readyz are served, e.g. http://127.0.0.1:9471."""
 
 
-class TaskFileSource:
-    """Keeps the engine's "file" tasks equal to the contents of `watch.task_file`."""
-
-    def __init__(self, path: Path, engine: Engine) -> None:
-        self.path = path
-        self._engine = engine
-        self._stamp: tuple[int, int] | None = None
-
-    def _read_stamp(self) -> tuple[int, int] | None:
-        try:
-            stat = self.path.stat()
-        except OSError:
-            return None
-        return stat.st_mtime_ns, stat.st_size
-
-    def reload(self, *, force: bool = False) -> None:
-        """Re-read the file if it changed (always with `force`); bad content keeps the old set."""
-        stamp = self._read_stamp()
-        if not force and stamp == self._stamp:
-            return
-        self._stamp = stamp
-        try:
-            ids = parse_task_file(self.path.read_text(encoding="utf-8"))
-        except OSError as error:
-            log.error("task_file.unreadable", path=str(self.path), error=str(error))
-            return
-        except InvalidTaskIdError as error:
-            log.error("task_file.invalid", path=str(self.path), error=str(error))
-            return
-        added, removed = self._engine.sync_source("file", ids)
-        if added or removed or force:
-            log.info(
-                "task_file.loaded",
-                path=str(self.path),
-                tasks=len(ids),
-                added=len(added),
-                removed=len(removed),
-            )
-
-    async def follow(self, clock: Clock) -> None:
-        """Check the file for changes every few seconds, forever."""
-        while True:
-            await clock.sleep(TASK_FILE_CHECK_INTERVAL)
-            self.reload()
-
-
 async def run_daemon(
     settings: Settings,
     *,
@@ -242,7 +201,6 @@ async def run_daemon(
                 store=store,
                 receivers=receivers,
                 clock=clock,
-                project_id=settings.cbr.project_id,
                 observer=metrics,
             )
             if receivers
@@ -252,42 +210,47 @@ async def run_daemon(
             settings,
             client,
             clock,
-            on_event=scope.wrap(metrics.wrap_sink(on_event)),
-            record=StateRecorder(store, deliverer),
+            on_event=metrics.on_event,
+            record=StateRecorder(
+                store,
+                Outbox.for_receivers(settings.webhooks, project_id=settings.cbr.project_id),
+                wake=deliverer.wake if deliverer is not None else None,
+            ),
         )
         scope.engine = engine
         metrics.attach(engine)
+        engine.subscribe(scope.wrap(on_event))
         health.watch_loop(engine)
         health.check("store", lambda: engine.store_failing_since is None)
 
         await restore(engine, store, now=clock.wall())
         for operation_type, ended in (await store.last_successes()).items():
             metrics.restore_last_success(operation_type, ended)
+        metrics.restore_resources(await store.resource_statuses())
         health.mark("state")
 
         for task_id in settings.watch.tasks:
             engine.add(task_id, source="config")
+        gc_tuner = GcTuner()
         task_file = (
-            TaskFileSource(Path(settings.watch.task_file), engine)
+            TaskFileSource(Path(settings.watch.task_file), engine, on_added=gc_tuner.note_added)
             if settings.watch.task_file
             else None
         )
         if task_file is not None:
-            task_file.reload(force=True)
+            await task_file.load()
         health.mark("tasks")
 
         metrics_listener = await start_metrics_listener(metrics, health, settings.server.listen)
         stack.push_async_callback(metrics_listener.close)
         if settings.server.api_listen:
-            host, port = parse_listen(settings.server.api_listen)
-            api_runner, _ = await start_task_api(
+            api_listener = await start_task_api(
                 engine,
                 store,
-                host=host,
-                port=port,
+                listen=settings.server.api_listen,
                 api_token=settings.server.api_token.get_secret_value(),
             )
-            stack.push_async_callback(api_runner.cleanup)
+            stack.push_async_callback(api_listener.close)
 
         notifier = SystemdNotifier(engine, clock)
         if install_signal_handlers:
@@ -299,6 +262,17 @@ async def run_daemon(
             stack.push_async_callback(_stop_deliverer, deliverer, delivering)
         if task_file is not None:
             _background(stack, task_file.follow(clock), "task file")
+        if settings.watch.discover:
+            discovery = Discovery(
+                client=client,
+                engine=engine,
+                clock=clock,
+                blocks=settings.watch.discover,
+                interval=settings.watch.discover_interval,
+                lookback=settings.watch.discover_lookback,
+                cursors=store,
+            )
+            _background(stack, discovery.run(), "discovery")
         if engine.exit_when_done and not engine.tasks:
             log.warning("daemon.nothing_to_watch")
         if engine.exit_when_done:
@@ -313,6 +287,9 @@ async def run_daemon(
         if started is not None:
             started(DaemonHandle(engine, metrics, health, metrics_listener.url))
 
+        # The task table built so far is long-lived: keep full collections off it.
+        gc_tuner.after_startup()
+        _background(stack, gc_tuner.follow(lambda: len(engine.tasks), clock), "gc tuning")
         # READY=1 only now: configuration, restored state and listeners are all in place.
         notifier.ready()
         _background(stack, notifier.run(), "systemd notify")
@@ -361,11 +338,16 @@ def _install_signal_handlers(
         notifier.stopping()
         log.info("daemon.stopping", signal=signame)
 
+    reloads: set[asyncio.Task[None]] = set()
+
     def on_hup() -> None:
         if task_file is None:
             log.info("daemon.sighup", detail="no watch.task_file configured")
             return
-        task_file.reload(force=True)
+        # Read and parsed off the loop; the task is kept referenced until it finishes.
+        reloading = loop.create_task(task_file.reload(force=True), name="task file reload")
+        reloads.add(reloading)
+        reloading.add_done_callback(reloads.discard)
 
     loop.add_signal_handler(signal.SIGTERM, on_stop, "SIGTERM")
     loop.add_signal_handler(signal.SIGINT, on_stop, "SIGINT")

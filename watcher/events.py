@@ -53,6 +53,8 @@ class TaskEvent:
     operation_log: OperationLog | None = None
     detail: str | None = None
     """A short human explanation for watch.* events."""
+    started_at: float | None = None
+    """Wall-clock seconds when the watcher first saw the task running (None if never)."""
 
     @property
     def ends_watch(self) -> bool:

@@ -1,8 +1,10 @@
 """Webhook delivery from the outbox: at least once, signed, per-receiver, never blocking polls.
 
-Each receiver has its own loop and its own bound on requests in flight, so a slow or dead
-receiver delays nobody else. Events for one task reach a receiver in the order they were
-created (the store only offers a task's oldest undelivered event). A 2xx deletes the row; a
+The deliverer only reads due rows, signs, POSTs, classifies the answer and reschedules: which
+receiver gets which event, in which bytes, was decided when the row was written (see
+`watcher.outbox`). Each receiver has its own loop and its own bound on requests in flight, so a
+slow or dead receiver delays nobody else. Events for one task reach a receiver in the order they
+were created (the store only offers a task's oldest undelivered event). A 2xx deletes the row; a
 410 disables the receiver until restart; 429/502/503/504 honour Retry-After; anything else
 backs off with full jitter until `max_age`, then the event becomes a dead letter.
 """
@@ -23,12 +25,11 @@ import structlog
 from watcher.backoff import full_jitter
 from watcher.clock import Clock
 from watcher.config import WebhookSettings
-from watcher.events import TaskEvent
 from watcher.filevalue import FileValue
 from watcher.http import USER_AGENT, parse_retry_after
-from watcher.payloads import event_body, event_id
 from watcher.signing import sign, split_secrets
-from watcher.store import OutboxEntry, PendingDelivery, Store
+from watcher.state.rows import PendingDelivery
+from watcher.state.sqlite import Store
 
 log = structlog.get_logger("watcher.webhooks")
 
@@ -108,10 +109,6 @@ class Receiver:
             else None
         )
 
-    def wants(self, event_type: str) -> bool:
-        """Whether the receiver's `events` globs select `event_type`."""
-        return self.settings.wants(event_type)
-
     def url(self) -> str:
         """The URL to POST to."""
         return self._url_file.read() if self._url_file else str(self.settings.url)
@@ -137,7 +134,6 @@ class Deliverer:
         store: Store,
         receivers: Sequence[Receiver],
         clock: Clock,
-        project_id: str,
         observer: DeliveryObserver | None = None,
         concurrency: int = PER_RECEIVER_CONCURRENCY,
         rng: random.Random | None = None,
@@ -145,7 +141,6 @@ class Deliverer:
         self._store = store
         self.receivers = {receiver.name: receiver for receiver in receivers}
         self._clock = clock
-        self._project_id = project_id
         self._observer: DeliveryObserver = observer or NullObserver()
         self._concurrency = concurrency
         self._rng = rng or random.Random()
@@ -162,27 +157,6 @@ class Deliverer:
     def in_flight(self) -> int:
         """Delivery attempts under way, across receivers."""
         return sum(len(running) for running in self._in_flight.values())
-
-    # ---- producing ------------------------------------------------------------------------
-
-    def outbox_entries(self, event: TaskEvent) -> list[OutboxEntry]:
-        """One row per receiver that asked for this event type, with the exact body bytes."""
-        wanted = [r for r in self.receivers.values() if r.wants(event.type)]
-        if not wanted:
-            return []
-        body = event_body(event, project_id=self._project_id)
-        eid = event_id(event)
-        return [
-            OutboxEntry(
-                event_id=eid,
-                receiver=receiver.name,
-                task_id=event.task_id,
-                event_type=event.type,
-                body=body,
-                created=event.occurred_at,
-            )
-            for receiver in wanted
-        ]
 
     def wake(self, receivers: Iterable[str] | None = None) -> None:
         """New rows were committed: look at the outbox now."""

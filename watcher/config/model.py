@@ -21,11 +21,14 @@ from watcher.config.types import (
     HEADER_NAME,
     Duration,
     EventPattern,
+    FilterValue,
     HttpUrlOrEmpty,
+    Labels,
     Listen,
     ListenOrEmpty,
     NoBlanksSecret,
     NoControlsSecret,
+    OperationType,
     PositiveDuration,
     ProjectId,
     ReadableFile,
@@ -37,7 +40,6 @@ from watcher.config.types import (
     WhsecOrEmpty,
     at_most_one,
     choice,
-    event_matches,
 )
 from watcher.durations import format_duration
 
@@ -93,6 +95,28 @@ class AuthSettings(_Section):
         return self
 
 
+class DiscoverSettings(_Section):
+    """One `[[watch.discover]]` block: a ListOpLogs filter and the labels for what it finds."""
+
+    vault_id: FilterValue = ""
+    operation_type: list[OperationType] = Field(default_factory=list)
+    resource_id: FilterValue = ""
+    provider_id: FilterValue = ""
+    enterprise_project_id: FilterValue = ""
+    labels: Labels = Field(default_factory=dict)
+
+    def filters(self) -> dict[str, str]:
+        """The ListOpLogs query filters of this block, except `operation_type` (a list: CBR
+        takes one type per request)."""
+        pairs = {
+            "vault_id": self.vault_id,
+            "resource_id": self.resource_id,
+            "provider_id": self.provider_id,
+            "enterprise_project_id": self.enterprise_project_id,
+        }
+        return {key: value for key, value in pairs.items() if value}
+
+
 class WatchSettings(_Section):
     """`[watch]`: which tasks, how often, and for how long."""
 
@@ -109,6 +133,10 @@ class WatchSettings(_Section):
     """A running task's progress is refreshed at least this often (SPEC §4)."""
     auth_failure_timeout: PositiveDuration = 600.0
     """With exit_when_done, give up (exit 1) after credentials fail this long."""
+    discover: list[DiscoverSettings] = Field(default_factory=list)
+    """`[[watch.discover]]` blocks (SPEC §9); none = discovery off."""
+    discover_interval: PositiveDuration = 30.0
+    discover_lookback: Duration = 3600.0
 
     @model_validator(mode="after")
     def _intervals_in_order(self) -> Self:
@@ -167,10 +195,6 @@ class WebhookSettings(_Section):
             raise Invalid("expected an http(s) URL (set url or url_file)", key=("url",), value="")
         at_most_one(self, ("url", "url_file"), ("secret", "secret_file"))
         return self
-
-    def wants(self, event_type: str) -> bool:
-        """Whether this receiver asked for `event_type`; exact-only types need their full name."""
-        return any(event_matches(event_type, pattern) for pattern in self.events)
 
 
 class MetricsSettings(_Section):

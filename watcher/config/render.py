@@ -62,8 +62,12 @@ def _value(value: object, *, duration: bool = False) -> str:
 
 def _table(header: str, section: BaseModel, notes: dict[str, str]) -> list[str]:
     lines = [header]
+    nested: list[tuple[str, BaseModel]] = []
     for name, field in type(section).model_fields.items():
         value = getattr(section, name)
+        if isinstance(value, list) and value and all(isinstance(v, BaseModel) for v in value):
+            nested.extend((name, item) for item in value)
+            continue
         if is_url_key(name) and isinstance(value, str):
             value = redact_url(value)
         duration = any(isinstance(item, DurationMark) for item in field.metadata)
@@ -71,6 +75,10 @@ def _table(header: str, section: BaseModel, notes: dict[str, str]) -> list[str]:
         if name in notes:
             line += f"  # {redact_url(notes[name])}"
         lines.append(line)
+    path = header.strip("[]")
+    for name, item in nested:
+        # An array of tables (e.g. [[watch.discover]]) follows its parent table's keys.
+        lines.extend(["", *_table(f"[[{path}.{name}]]", item, {})])
     return lines
 
 

@@ -275,6 +275,38 @@ def _task_file(value: str) -> str:
     return value
 
 
+_FILTER_VALUE: Final = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
+_OPERATION_TYPE: Final = re.compile(r"[a-z][a-z_]{0,63}")
+_LABEL_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,63}")
+MAX_DISCOVER_LABELS: Final = 32
+MAX_LABEL_VALUE: Final = 256
+
+
+def _filter_value(value: str) -> str:
+    if value and _FILTER_VALUE.fullmatch(value) is None:
+        raise Invalid("expected an ID: up to 128 letters, digits, '_', '-', '.' or ':'")
+    return value
+
+
+def _operation_type(value: str) -> str:
+    if _OPERATION_TYPE.fullmatch(value) is None:
+        raise Invalid('expected a CBR operation type such as "backup" or "replication"')
+    return value
+
+
+def _labels(value: dict[str, str]) -> dict[str, str]:
+    if len(value) > MAX_DISCOVER_LABELS:
+        raise Invalid(f"expected at most {MAX_DISCOVER_LABELS} labels")
+    for name, text in value.items():
+        if _LABEL_NAME.fullmatch(name) is None:
+            raise Invalid(f"label {name!r}: expected a name of letters, digits, '_', '.' or '-'")
+        if len(text) > MAX_LABEL_VALUE or CONTROL.search(text):
+            raise Invalid(
+                f"label {name!r}: expected up to {MAX_LABEL_VALUE} characters, no control ones"
+            )
+    return value
+
+
 def event_matches(event_type: str, pattern: str) -> bool:
     """Whether `pattern` (an event type or a glob) selects `event_type`; exact-only types
     need their full name."""
@@ -294,3 +326,6 @@ ProjectId = Annotated[str, AfterValidator(_project_id)]
 TaskId = Annotated[str, AfterValidator(_task_id)]
 TaskFile = Annotated[str, AfterValidator(_task_file)]
 EventPattern = Annotated[str, AfterValidator(_event_pattern)]
+FilterValue = Annotated[str, AfterValidator(_filter_value)]
+OperationType = Annotated[str, AfterValidator(_operation_type)]
+Labels = Annotated[dict[str, str], AfterValidator(_labels)]
