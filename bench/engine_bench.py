@@ -69,8 +69,10 @@ class SimProcess:
     stderr_path: Path
 
 
-async def start_simulator(workdir: Path, latency: float) -> SimProcess:
-    """Start `python -m watcher.sim` on 127.0.0.1:0 with no tasks; return once it answers."""
+async def start_simulator(workdir: Path, latency: float, *, cwd: Path | None = None) -> SimProcess:
+    """Start `python -m watcher.sim` on 127.0.0.1:0 with no tasks; return once it answers.
+
+    With `cwd`, the simulator runs from that source tree (e.g. a worktree of the parent)."""
     scenario = workdir / "bench-scenario.toml"
     text = "# cbr-watcher engine benchmark: the bench adds tasks via /_sim/tasks\nseed = 1\n"
     if latency > 0:
@@ -89,6 +91,7 @@ async def start_simulator(workdir: Path, latency: float) -> SimProcess:
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=stderr,
+            cwd=cwd,
         )
     sim = SimProcess(proc, "", stderr_path)
     try:
@@ -314,10 +317,10 @@ class WireRecorder:
         if self.engine is None:
             return
         task_id = params.url.name
-        task = self.engine.tasks.get(task_id)
-        if task is None:
+        due = self.engine.due_at(task_id)
+        if due is None:
             return
-        lag = now - task.due
+        lag = now - due
         self.lag_at.append((now, lag))
         if task_id in self._seen:
             self.repoll_lag.append(lag)
@@ -366,11 +369,7 @@ class Sampler:
             await asyncio.sleep(SAMPLE_EVERY)
             cpu0 = time.process_time()
             now = time.monotonic()
-            backlog = sum(
-                1
-                for task in self.engine.tasks.values()
-                if task.due <= now and not task.in_flight and not task.ended
-            )
+            backlog = self.engine.backlog(now)
             cpu = (self_cpu_seconds(), proc_cpu_seconds(self.sim_pid))
             self.samples.append(
                 Sample(

@@ -1,16 +1,19 @@
 """How long a /metrics scrape takes with many watched tasks, and how long it blocks the loop.
 
-    python bench/metrics_bench.py --tasks 10000 --scrapes 20 --churn 0.1
+    python bench/metrics_bench.py --tasks 10000 --scrapes 20 --churn 0.1 [--resources 10000]
 
 Fills a task table with `--tasks` running tasks (realistic operation logs: backup, vault and
 resource names), serves it with the real metrics listener (`watcher.server`) on 127.0.0.1,
 and scrapes it `--scrapes` times per format from a separate thread (so the client's own work
 is not charged to the daemon's loop). Before each scrape `--churn` of the tasks change
-progress, as they would between two scrapes of a busy daemon.
+progress, as they would between two scrapes of a busy daemon. `--resources` adds that many
+per-resource freshness rows (restored, as at start-up).
 
 Reported, in milliseconds:
-- snapshot: copying the table on the event loop (the only per-scrape work done on the loop);
-- render: turning a snapshot into text (cold = no cached task lines, warm = after a scrape);
+- snapshot: copying the table on the event loop (the only per-scrape work done on the loop:
+  the rows are immutable, so it copies references);
+- render: choosing the exported tasks (retention, cap) and turning them into text, in the
+  render thread (cold = no cached rows or lines, warm = after a scrape);
 - generic: prometheus_client's own encoder over the same series, for comparison;
 - scrape: end-to-end HTTP request time for text, OpenMetrics and gzip;
 - loop max gap: the longest the event loop went without running a 1 ms ticker during scrapes
@@ -33,7 +36,7 @@ import statistics
 import sys
 import time
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from prometheus_client import generate_latest
@@ -42,6 +45,7 @@ from watcher import __version__
 from watcher.cbr.models import OperationLog
 from watcher.clock import RealClock
 from watcher.engine import WatchedTask
+from watcher.freshness import ResourceKey, ResourceStatus
 from watcher.logs import configure_logging
 from watcher.metrics import Metrics
 from watcher.server import Health, start_metrics_listener
@@ -94,13 +98,35 @@ def make_table(count: int, now: float, rng: random.Random) -> Table:
     return table
 
 
+def make_resources(count: int, now: float, rng: random.Random) -> list[ResourceStatus]:
+    """Freshness rows of `count` resources, one in ten of them failed last."""
+    rows = []
+    for n in range(count):
+        failed = n % 10 == 0
+        ended = now - rng.uniform(0, 86_400)
+        rows.append(
+            ResourceStatus(
+                key=ResourceKey(f"{rng.getrandbits(128):032x}", "backup"),
+                resource_name=f"ecs-prod-{n:05d}",
+                resource_type="OS::Nova::Server",
+                vault_id=f"{rng.getrandbits(128):032x}",
+                last_status="failed" if failed else "success",
+                last_ended=ended,
+                last_success_ended=ended - 86_400 if failed else ended,
+            )
+        )
+    return rows
+
+
 def churn(table: Table, share: float, rng: random.Random) -> None:
-    """Move the progress of `share` of the tasks, as polls between two scrapes would."""
+    """Move the progress of `share` of the tasks, as polls between two scrapes would (the
+    engine replaces a row to change it)."""
     now = time.time()
     tasks = list(table.tasks.values())
     for task in rng.sample(tasks, int(len(tasks) * share)):
-        task.progress = min(100, (task.progress or 0) + 1)
-        task.last_progress_wall = now
+        table.tasks[task.task_id] = replace(
+            task, progress=min(100, (task.progress or 0) + 1), last_progress_wall=now
+        )
 
 
 def ms(seconds: float) -> float:
@@ -163,15 +189,23 @@ class Ticker:
         self._stop.set()
 
 
-async def bench(tasks: int, scrapes: int, share: float, seed: int) -> dict[str, Any]:
+async def bench(
+    tasks: int, scrapes: int, share: float, seed: int, resources: int = 0
+) -> dict[str, Any]:
     rng = random.Random(seed)
     clock = RealClock()
     table = make_table(tasks, clock.wall(), rng)
     metrics = Metrics(clock=clock)
     metrics.attach(table)
+    metrics.restore_resources(make_resources(resources, clock.wall(), rng))
     health = Health(clock)
     health.watch_loop(table)
-    results: dict[str, Any] = {"tasks": tasks, "scrapes_per_format": scrapes, "churn": share}
+    results: dict[str, Any] = {
+        "tasks": tasks,
+        "resources": resources,
+        "scrapes_per_format": scrapes,
+        "churn": share,
+    }
 
     cold_snapshot, snapshot = timed(metrics.snapshot)
     cold_text, (body, _) = timed(metrics.render, "", snapshot)
@@ -249,9 +283,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scrapes", type=int, default=20, help="per format")
     parser.add_argument("--churn", type=float, default=0.1, help="share of tasks changed")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--resources", type=int, default=0, help="per-resource freshness rows (capped at 10,000)"
+    )
     args = parser.parse_args(argv)
     configure_logging(level="warning", fmt="json", stream=sys.stderr)  # stdout is the report
-    results = asyncio.run(bench(args.tasks, args.scrapes, args.churn, args.seed))
+    results = asyncio.run(bench(args.tasks, args.scrapes, args.churn, args.seed, args.resources))
     results["machine"] = {
         "python": platform.python_version(),
         "platform": platform.platform(),

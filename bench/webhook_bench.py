@@ -26,7 +26,8 @@ from watcher.clock import RealClock
 from watcher.config import WebhookSettings
 from watcher.events import TaskEvent
 from watcher.logs import configure_logging
-from watcher.store import Store
+from watcher.outbox import Outbox
+from watcher.state.sqlite import Store
 from watcher.webhooks import Deliverer, Receiver
 
 SECRET = "whsec_" + base64.b64encode(b"benchmark-secret-32-bytes-long!!").decode()
@@ -102,9 +103,9 @@ async def run(events: int, concurrency: int, rate: float) -> dict[str, Any]:
             store=store,
             receivers=[Receiver(settings)],
             clock=clock,
-            project_id="p",
             concurrency=concurrency,
         )
+        outbox = Outbox.for_receivers([settings], project_id="p")
         runner = asyncio.create_task(deliverer.run())
         created: dict[str, float] = {}
         cpu0, wall0 = time.process_time(), time.perf_counter()
@@ -117,7 +118,7 @@ async def run(events: int, concurrency: int, rate: float) -> dict[str, Any]:
                 previous_status="running",
                 progress=100,
             )
-            entries = deliverer.outbox_entries(event)
+            entries = outbox.entries(event)
             await store.enqueue(entries)
             deliverer.wake()
             created[entries[0].event_id] = event.occurred_at
