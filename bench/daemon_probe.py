@@ -15,6 +15,8 @@ the driver wrote, and `run_daemon` runs unchanged. The probe adds only:
   writes the start-up report (task count, seconds from process start to `started`).
 
 `--gc` switches the working tree's `watcher.gc_tuning` parts off, to measure each one.
+`--show-only` turns batched refresh off (a tree without it is left alone), so every poll is
+one ShowOpLog as in the previous commit: the per-poll costs compare like for like.
 """
 
 from __future__ import annotations
@@ -92,6 +94,25 @@ def switch_off(variant: str) -> None:
         tuning.apply_thresholds = lambda: None
 
 
+def show_only() -> None:
+    """Make the tree's Engine poll with one ShowOpLog per task (no ListOpLogs pages)."""
+    import inspect
+
+    import watcher.daemon
+
+    # The module whose build_engine constructs the Engine: watcher.wiring, or the daemon in
+    # older trees.
+    builder = sys.modules.get("watcher.wiring", watcher.daemon)
+    engine_class: Any = vars(builder)["Engine"]
+    if "batch_refresh" not in inspect.signature(engine_class.__init__).parameters:
+        return
+
+    def make(*args: Any, **kwargs: Any) -> Any:
+        return engine_class(*args, **kwargs, batch_refresh=False)
+
+    vars(builder)["Engine"] = make
+
+
 async def measure(handle: Any, pauses: Pauses, args: argparse.Namespace, base: int) -> None:
     """Wait out the warm-up, measure the window, write the report, stop the engine."""
     engine = handle.engine
@@ -106,6 +127,7 @@ async def measure(handle: Any, pauses: Pauses, args: argparse.Namespace, base: i
     elapsed = time.monotonic() - t0
     lags = sorted(list(engine.stats.lag_samples)[-polls:]) if polls else []
     report = {
+        "watcher": sys.modules["watcher"].__file__,
         "tasks": len(engine.tasks),
         "polls": polls,
         "polls_per_second": round(polls / elapsed, 1),
@@ -135,6 +157,7 @@ def main() -> int:
     parser.add_argument("--warmup", type=float, default=0.0)
     parser.add_argument("--window", type=float, default=0.0)
     parser.add_argument("--gc", default="tuned", choices=["tuned", "none", "freeze", "thresholds"])
+    parser.add_argument("--show-only", action="store_true")
     args = parser.parse_args()
     sys.path.insert(0, str(args.tree.resolve()))
     from watcher.config import load_settings
@@ -142,6 +165,8 @@ def main() -> int:
     from watcher.logs import configure_logging
 
     switch_off(args.gc)
+    if args.show_only:
+        show_only()
     base = rss_kib()
     pauses = Pauses()
     settings = load_settings(config_file=args.config, environ={}, secrets_dirs=[])
@@ -150,6 +175,7 @@ def main() -> int:
 
     def started(handle: Any) -> None:
         startup = {
+            "watcher": sys.modules["watcher"].__file__,
             "tasks": len(handle.engine.tasks),
             "started_after_s": round(time.monotonic() - PROCESS_START, 3),
             "rss_base_kib": base,

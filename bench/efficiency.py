@@ -53,7 +53,6 @@ from typing import Any, Protocol
 from watcher import schedule
 from watcher.cbr.auth import TokenAuthenticator
 from watcher.cbr.client import CbrClient
-from watcher.clock import FakeClock, drive_until
 from watcher.engine import Engine
 from watcher.estimator import TailBand, TailPrior
 from watcher.events import TaskEvent
@@ -61,6 +60,7 @@ from watcher.logs import configure_logging
 from watcher.schedule import Decision, Policy, PollState, Reason
 from watcher.sim import DEFAULT_TOKENS, SimTaskSpec, Simulator
 from watcher.sim.tasks import Phase
+from watcher.testing import FakeClock, drive_until
 
 MEDIAN_RUNNING = 20 * 60.0
 P90_RUNNING = 3 * 3600.0

@@ -795,6 +795,12 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[BenchConfig, Path | N
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one benchmark, print the summary, optionally write JSON; 1 if it could not run."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if any(arg == "--sizes" or arg.startswith("--sizes=") for arg in args):
+        sys.path.insert(0, str(Path(__file__).parent))
+        import scale_bench  # the whole daemon at several sizes, against a baseline tree
+
+        return scale_bench.main(args)
     cfg, json_path = parse_args(argv)
     configure_logging(level="warning", stream=sys.stderr)
     try:

@@ -1,7 +1,9 @@
 """Scale benchmark of the whole daemon: N running tasks at 500 polls/s, a scrape every 15 s.
 
-    python bench/engine_bench.py --sizes 1000,10000 [--baseline /tmp/cbr-baseline]
-        [--gc-variants tuned,none] [--json out.json]
+    python bench/scale_bench.py --sizes 1000,10000,50000 [--baseline /tmp/cbr-baseline]
+        [--gc-variants tuned,none] [--batched] [--json out.json]
+
+(`python bench/engine_bench.py --sizes ...` runs the same.)
 
 For every size N the simulator (its own process) gets N tasks that run for a day. Then, for
 each source tree (the `--baseline` worktree of the previous commit first, then this tree,
@@ -43,6 +45,8 @@ SCRAPE_EVERY = 15.0
 WINDOW = 45.0
 READY_TIMEOUT = 240.0
 PUT_CONCURRENCY = 64
+SHOW_ONLY = True
+"""Run this tree's daemon with one ShowOpLog per poll (`daemon_probe.py --show-only`)."""
 PROBE = Path(__file__).with_name("daemon_probe.py")
 PROJECT_ID = "04f1829c788037ac2fb8c01eb2b04b95"
 """Must match the simulator's default project (watcher.sim.simulator.DEFAULT_PROJECT_ID)."""
@@ -223,7 +227,7 @@ async def run_tree(
     log = base.with_suffix(".log")
     task_file = base.with_suffix(".tasks")
     task_file.write_text("\n".join(ids) + "\n", encoding="utf-8")
-    probe_args = ["--gc", gc_variant]
+    probe_args = ["--gc", gc_variant, *(["--show-only"] if SHOW_ONLY else [])]
     interval = max(1.0, n / POLLS_PER_SECOND)
     timeout = aiohttp.ClientTimeout(total=120)
     async with aiohttp.ClientSession(timeout=timeout) as session:
@@ -394,3 +398,42 @@ async def run_suite(
             json.dumps([run.__dict__ for run in runs], indent=1) + "\n", encoding="utf-8"
         )
     return runs
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse the command line, run every size and tree, print the table."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="1000,10000", help="task counts (%(default)s)")
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="source tree of the previous commit (e.g. `git worktree add /tmp/base HEAD~1`)",
+    )
+    parser.add_argument(
+        "--gc-variants", default="tuned", help="this tree's gc variants: tuned,none,freeze,..."
+    )
+    parser.add_argument(
+        "--batched",
+        action="store_true",
+        help="leave batched refresh on in this tree (default: one ShowOpLog per poll, "
+        "as the baseline polls, so per-poll costs compare like for like)",
+    )
+    parser.add_argument("--json", type=Path, help="also write every run as JSON here")
+    args = parser.parse_args(argv)
+    sizes = [int(size) for size in args.sizes.split(",") if size.strip()]
+    here = Path(__file__).resolve().parent.parent
+    trees: list[tuple[str, Path, str]] = []
+    if args.baseline is not None:
+        trees.append(("previous commit", args.baseline.resolve(), "tuned"))
+    trees += [("this tree", here, variant) for variant in args.gc_variants.split(",")]
+    global SHOW_ONLY
+    SHOW_ONLY = not args.batched
+    runs = asyncio.run(run_suite(sizes, trees, sim_tree=here, json_path=args.json))
+    print(format_table(runs))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

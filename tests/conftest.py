@@ -13,8 +13,8 @@ from tests.daemon_process import kill_leftovers
 from tests.support import World
 from watcher.cbr.auth import TokenAuthenticator
 from watcher.cbr.client import CbrClient
-from watcher.clock import FakeClock
 from watcher.sim import Simulator
+from watcher.testing import FakeClock
 
 
 @pytest.hookimpl(hookwrapper=True)

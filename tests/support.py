@@ -13,10 +13,10 @@ from typing import Any
 from aiohttp import web
 
 from watcher.cbr.client import CbrClient
-from watcher.clock import FakeClock, drive_until
 from watcher.engine import Engine
 from watcher.schedule import Policy
 from watcher.sim import Simulator
+from watcher.testing import FakeClock, drive_until
 
 
 def fake_clock_now() -> FakeClock:

@@ -27,11 +27,12 @@ from watcher.cbr.errors import (
     ThrottledError,
     TransientError,
 )
-from watcher.clock import FakeClock, RealClock, drive_until
+from watcher.clock import RealClock
 from watcher.http import parse_retry_after
 from watcher.safetext import has_surrogates
 from watcher.sim import SimTaskSpec, Simulator
 from watcher.task_ids import InvalidTaskIdError
+from watcher.testing import FakeClock, drive_until
 
 
 async def show_error(world: World, task_id: str) -> CbrError:

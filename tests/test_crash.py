@@ -19,9 +19,9 @@ import pytest
 
 from tests.daemon_process import DaemonProcess, clean_env
 from tests.support import TestReceiver, fake_clock_now
-from watcher.clock import FakeClock
 from watcher.sim import SimTaskSpec, Simulator
 from watcher.state.sqlite import Store
+from watcher.testing import FakeClock
 
 TOKEN = "crash-test-token"
 SECRET = "whsec_" + base64.b64encode(b"crash-test-secret-of-32-bytes!!!").decode()

@@ -18,7 +18,6 @@ from tests.support import Running, World, make_engine, run_until
 from watcher.cbr.auth import TokenAuthenticator
 from watcher.cbr.client import CbrClient
 from watcher.cbr.models import OperationLog
-from watcher.clock import FakeClock
 from watcher.engine import INVARIANT_CHECK_INTERVAL, Engine, WatchedTask
 from watcher.events import TaskEvent
 from watcher.metrics import Metrics
@@ -26,6 +25,7 @@ from watcher.server import Health
 from watcher.sim import SimTaskSpec, Simulator
 from watcher.state.recorder import StateRecorder
 from watcher.state.sqlite import Store
+from watcher.testing import FakeClock
 
 SURPRISES: list[type[Exception]] = [
     RecursionError,

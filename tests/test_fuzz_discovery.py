@@ -12,12 +12,12 @@ from hypothesis import strategies as st
 
 from watcher import batch
 from watcher.cbr.models import MalformedBodyError, OperationLog, OpLogPage
-from watcher.clock import FakeClock
 from watcher.config.model import DiscoverSettings
 from watcher.discovery import Discovery
 from watcher.engine import Engine
 from watcher.schedule import Policy
 from watcher.task_ids import is_valid_task_id
+from watcher.testing import FakeClock
 
 STATUSES = st.sampled_from(["waiting", "running", "success", "failed", "skipped", "timeout"])
 TIMES = st.one_of(

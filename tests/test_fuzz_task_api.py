@@ -30,11 +30,11 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from watcher.cbr.models import OperationLog
-from watcher.clock import FakeClock
 from watcher.engine import Engine
 from watcher.schedule import Policy
 from watcher.state.sqlite import Store
 from watcher.task_api import TaskApiRunner, make_task_api
+from watcher.testing import FakeClock
 
 API_TOKEN = "fuzz-token"
 AUTH = f"Bearer {API_TOKEN}"
@@ -106,7 +106,7 @@ def served() -> Iterator[ServedApi]:
             policy=Policy(interval_min=5, interval_max=60, deadline=3600, not_found_grace=120),
             rng=random.Random(3),
         )
-        runner = TaskApiRunner(make_task_api(engine, store, api_token=API_TOKEN), access_log=None)
+        runner = TaskApiRunner(make_task_api(engine, api_token=API_TOKEN), access_log=None)
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", 0).start()
         return runner, store, engine

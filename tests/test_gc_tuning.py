@@ -11,11 +11,12 @@ import aiohttp
 import pytest
 
 from watcher import gc_tuning
-from watcher.clock import FakeClock, RealClock, drive_until
+from watcher.clock import RealClock
 from watcher.config import load_settings
 from watcher.daemon import DaemonHandle, run_daemon
 from watcher.gc_tuning import GcTuner, PauseRecorder
 from watcher.sim import Simulator
+from watcher.testing import FakeClock, drive_until
 
 
 @pytest.fixture(autouse=True)

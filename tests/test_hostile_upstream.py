@@ -17,12 +17,12 @@ from structlog.testing import capture_logs
 import watcher.http
 from tests.support import World, make_engine
 from watcher.budget import SEND_JITTER_ALLOWANCE
-from watcher.clock import drive_until
 from watcher.engine import Engine
 from watcher.http import RETRY_AFTER_CAP
 from watcher.schedule import Policy
 from watcher.sim import FaultProfile, SimTaskSpec
 from watcher.sim.faults import HOSTILE_FAULTS
+from watcher.testing import drive_until
 
 OUTCOMES = ("success", "failed", "skipped", "timeout")
 LONG_POLICY = Policy(interval_min=5, interval_max=60, deadline=72 * 3600, not_found_grace=120)

@@ -17,9 +17,9 @@ import structlog
 
 from tests.daemon_process import clean_env, spawned
 from tests.support import fake_clock_now
-from watcher.clock import FakeClock
 from watcher.logs import SafeLogger, configure_logging
 from watcher.sim import SimTaskSpec, Simulator
+from watcher.testing import FakeClock
 
 FORMATS = ["json", "console"]
 TOKEN = "logs-test-token"

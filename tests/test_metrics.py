@@ -24,7 +24,6 @@ from tests.support import Running, World, make_engine
 from watcher.cbr.auth import TokenAuthenticator
 from watcher.cbr.client import CbrClient
 from watcher.cbr.models import OperationLog
-from watcher.clock import FakeClock, drive_until
 from watcher.config import load_settings
 from watcher.daemon import DaemonHandle, run_daemon
 from watcher.engine import Engine, WatchedTask
@@ -47,6 +46,7 @@ from watcher.metrics import (
 )
 from watcher.schedule import Policy
 from watcher.sim import SimTaskSpec
+from watcher.testing import FakeClock, drive_until
 
 OPENMETRICS = "application/openmetrics-text; version=1.0.0; charset=utf-8"
 

@@ -29,9 +29,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.daemon_process import DaemonProcess, die_with_parent, spawned
 from tests.support import TestReceiver
 from tests.test_metrics import finished
-from watcher.clock import FakeClock, RealClock
+from watcher.clock import RealClock
 from watcher.metrics import Metrics
 from watcher.sim import SimTaskSpec, Simulator
+from watcher.testing import FakeClock
 
 ROOT = Path(__file__).resolve().parent.parent
 ALERTS = ROOT / "deploy" / "prometheus" / "cbr-watcher-alerts.yml"

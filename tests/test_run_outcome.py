@@ -16,10 +16,11 @@ import pytest
 import structlog
 
 from tests.daemon_process import DaemonProcess, clean_env, json_lines, run_cli
-from watcher.clock import FakeClock, RealClock, drive_until
+from watcher.clock import RealClock
 from watcher.config import load_settings
 from watcher.daemon import DaemonHandle, run_daemon
 from watcher.sim import SimTaskSpec, Simulator
+from watcher.testing import FakeClock, drive_until
 
 WITHIN = 60.0
 TOKEN = "run-0utcome-token"

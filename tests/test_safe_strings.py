@@ -12,7 +12,6 @@ from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
 from watcher.cbr.models import OperationLog
-from watcher.clock import FakeClock
 from watcher.engine import WatchedTask
 from watcher.events import TaskEvent
 from watcher.metrics import Metrics
@@ -20,6 +19,7 @@ from watcher.payloads import event_body
 from watcher.safetext import clean, json_bytes
 from watcher.state.rows import TaskRecord
 from watcher.state.sqlite import Store
+from watcher.testing import FakeClock
 
 # Any code point, lone surrogates included (hypothesis leaves them out unless asked).
 ANY_TEXT = st.text(st.characters(codec=None, exclude_categories=()), max_size=20)

@@ -18,12 +18,13 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support import Running, World, make_engine
-from watcher.clock import FakeClock, RealClock
+from watcher.clock import RealClock
 from watcher.config import load_settings
 from watcher.daemon import DaemonHandle, run_daemon
 from watcher.metrics import Metrics
 from watcher.server import STALL_AFTER, Health, HttpListener, start_metrics_listener
 from watcher.sim import SimTaskSpec, Simulator
+from watcher.testing import FakeClock
 
 PROMETHEUS_ACCEPT = (
     "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;"

@@ -15,7 +15,6 @@ import pytest
 from multidict import CIMultiDict
 
 from watcher.cbr.models import MalformedBodyError, parse_list_body, parse_show_body
-from watcher.clock import FakeClock
 from watcher.config import parse_listen
 from watcher.sim import FaultProfile, SimTaskSpec, Simulator, builtin_scenario, load_scenario
 from watcher.sim.__main__ import main as sim_main
@@ -23,6 +22,7 @@ from watcher.sim.faults import HOSTILE_FAULTS, FaultInjector, parse_fault
 from watcher.sim.scenario import parse_scenario
 from watcher.sim.server import run_simulator
 from watcher.sim.tasks import TAIL_START
+from watcher.testing import FakeClock
 
 Headers = CIMultiDict[str]
 PID = "04f1829c788037ac2fb8c01eb2b04b95"

@@ -15,10 +15,10 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from watcher.cbr import signer
-from watcher.clock import FakeClock
 from watcher.sim import SimTaskSpec, Simulator
 from watcher.sim.auth import AccessKey, User
 from watcher.sim.scenario import parse_scenario
+from watcher.testing import FakeClock
 
 PID = "04f1829c788037ac2fb8c01eb2b04b95"
 AK, SK, TEMP_AK, TEMP_SK, STS = "AKSIM1", "sk-one", "AKTEMP", "sk-temp", "sts-token-xyz"

@@ -12,10 +12,10 @@ from hypothesis import strategies as st
 
 from tests.test_sim import Api, assert_cbr_headers
 from watcher.cbr.models import parse_list_body
-from watcher.clock import FakeClock
 from watcher.sim import SimTaskSpec, Simulator
 from watcher.sim.listing import parse_list_query, select
 from watcher.sim.tasks import OUTCOMES, status_at, task_state
+from watcher.testing import FakeClock
 
 
 @pytest.fixture

@@ -486,8 +486,9 @@ async def test_a_task_api_delete_leaves_a_tombstone(world: World, tmp_path: Path
     """DELETE /v1/tasks/{id} forgets the task and remembers it was removed, across a restart."""
     path = str(tmp_path / "state.db")
     store = await Store.open(path)
-    engine = make_engine(world, record=StateRecorder(store))
-    listener = await start_task_api(engine, store, listen="127.0.0.1:0")
+    recorder = StateRecorder(store)
+    engine = make_engine(world, record=recorder, forget=recorder.forget)
+    listener = await start_task_api(engine, listen="127.0.0.1:0")
     try:
         async with aiohttp.ClientSession() as http:
             assert (await http.put(f"{listener.url}/v1/tasks/t-1")).status == 201

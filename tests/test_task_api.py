@@ -32,8 +32,9 @@ API_TOKEN = "api-token-for-tests"
 async def api(world: World) -> AsyncIterator[tuple[str, Store, World]]:
     """The task API over an engine on the world's fake clock, served as the daemon serves it."""
     store = await Store.open(":memory:")
-    engine = make_engine(world, record=StateRecorder(store))
-    listener = await start_task_api(engine, store, listen="127.0.0.1:0", api_token=API_TOKEN)
+    recorder = StateRecorder(store)
+    engine = make_engine(world, record=recorder, forget=recorder.forget)
+    listener = await start_task_api(engine, listen="127.0.0.1:0", api_token=API_TOKEN)
     world.engine = engine  # type: ignore[attr-defined]
     try:
         yield listener.url, store, world
@@ -291,6 +292,33 @@ async def test_a_failing_store_is_503_and_changes_nothing(
     assert [r.task_id for r in await store.load_tasks()] == ["t-1"]
 
 
+async def test_a_delete_the_store_cannot_record_is_503_and_keeps_the_watch(
+    api: tuple[str, Store, World], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A DELETE whose removal cannot be written answers 503 and the task stays watched (else
+    a restart would resume it unannounced); once the store recovers, DELETE works."""
+    url, store, world = api
+    real_delete = store.delete_task
+
+    async def failing_delete(*_args: object, **_kwargs: object) -> None:
+        raise OSError("disk full")
+
+    async with aiohttp.ClientSession(headers=AUTH) as http:
+        assert (await http.put(f"{url}/v1/tasks/t-1")).status == 201
+        monkeypatch.setattr(store, "delete_task", failing_delete)
+        response = await http.delete(f"{url}/v1/tasks/t-1")
+        assert response.status == 503
+        assert (await response.json())["error"]["code"] == "store_unavailable"
+        assert (await http.get(f"{url}/v1/tasks/t-1")).status == 200
+        assert [r.task_id for r in await store.load_tasks()] == ["t-1"]
+        monkeypatch.setattr(store, "delete_task", real_delete)
+        assert (await http.delete(f"{url}/v1/tasks/t-1")).status == 204
+        assert (await http.get(f"{url}/v1/tasks/t-1")).status == 404
+    assert await store.load_tasks() == []
+    assert await store.tombstones() == {"t-1"}
+    assert "t-1" not in world.engine.tasks  # type: ignore[attr-defined]
+
+
 async def test_a_non_utf8_authorization_header_is_401_not_500(
     api: tuple[str, Store, World],
 ) -> None:
@@ -418,12 +446,13 @@ async def test_the_task_api_listener_binds_serves_refuses_a_taken_port_and_frees
     """start_task_api serves on the shared listener: a second one on the same port fails and
     leaves the first serving; close stops serving, frees the port and is safe twice."""
     store = await Store.open(":memory:")
-    engine = make_engine(world, record=StateRecorder(store))
-    listener = await start_task_api(engine, store, listen="127.0.0.1:0", api_token=API_TOKEN)
+    recorder = StateRecorder(store)
+    engine = make_engine(world, record=recorder, forget=recorder.forget)
+    listener = await start_task_api(engine, listen="127.0.0.1:0", api_token=API_TOKEN)
     try:
         assert listener.url == f"http://127.0.0.1:{listener.port}"
         with pytest.raises(OSError, match="address already in use"):
-            await start_task_api(engine, store, listen=f"127.0.0.1:{listener.port}")
+            await start_task_api(engine, listen=f"127.0.0.1:{listener.port}")
         async with aiohttp.ClientSession(headers=AUTH) as http:
             assert (await http.put(f"{listener.url}/v1/tasks/t-1")).status == 201
             listing = await (await http.get(f"{listener.url}/v1/tasks")).json()

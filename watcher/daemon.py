@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 import signal
 from collections.abc import Callable, Collection, Coroutine
 from dataclasses import dataclass
@@ -13,15 +12,10 @@ from typing import Any
 
 import structlog
 
-from watcher import schedule
-from watcher.cbr.aksk import AkSkAuthenticator
-from watcher.cbr.auth import Authenticator, TokenAuthenticator
-from watcher.cbr.client import CbrClient, RequestObserver, make_ssl_context
-from watcher.cbr.iam import PasswordAuthenticator, TokenListener
 from watcher.clock import Clock, RealClock
 from watcher.config import Settings
 from watcher.discovery import Discovery
-from watcher.engine import Engine, TaskRecorder, discard_records
+from watcher.engine import Engine
 from watcher.events import EventSink, TaskEvent, discard_events
 from watcher.gc_tuning import GcTuner
 from watcher.metrics import Metrics
@@ -37,6 +31,7 @@ from watcher.task_api import start_task_api
 from watcher.task_file import TaskFileSource
 from watcher.task_ids import InvalidTaskIdError, parse_task_file
 from watcher.webhooks import Deliverer, Receiver
+from watcher.wiring import build_client, build_engine
 
 log = structlog.get_logger("watcher.daemon")
 
@@ -44,106 +39,6 @@ EXIT_DRAIN_TIMEOUT = 30.0
 """With --exit-when-done, how long to wait for webhooks before exiting (the rest stay queued)."""
 AUTH_CHECK_INTERVAL = 1.0
 """With --exit-when-done, how often to look whether credentials have failed for too long."""
-
-
-def build_authenticator(
-    settings: Settings, clock: Clock | None = None, *, on_token: TokenListener | None = None
-) -> Authenticator:
-    """The authenticator `auth.method` asks for. `on_token` (password method only) is called
-    with each new token's expiry, for the token-expiry gauge."""
-    auth, cbr = settings.auth, settings.cbr
-    clock = clock or RealClock()
-
-    def path(value: str) -> Path | None:
-        return Path(value) if value else None
-
-    if auth.method == "token":
-        return TokenAuthenticator(
-            token=auth.token.get_secret_value(), token_file=path(auth.token_file)
-        )
-    if auth.method == "aksk":
-        return AkSkAuthenticator(
-            access_key=auth.access_key.get_secret_value(),
-            secret_key=auth.secret_key.get_secret_value(),
-            secret_key_file=path(auth.secret_key_file),
-            security_token=auth.security_token.get_secret_value(),
-            security_token_file=path(auth.security_token_file),
-            project_id=cbr.project_id,
-            clock=clock,
-        )
-    return PasswordAuthenticator(
-        iam_endpoint=settings.effective_iam_endpoint,
-        domain_name=auth.domain_name,
-        user_name=auth.user_name,
-        password=auth.password.get_secret_value(),
-        password_file=path(auth.password_file),
-        project_id=cbr.project_id,
-        clock=clock,
-        request_timeout=cbr.request_timeout,
-        ssl_setting=make_ssl_context(verify=cbr.verify_tls, ca_file=cbr.ca_file),
-        on_token=on_token,
-    )
-
-
-def build_policy(settings: Settings) -> schedule.Policy:
-    """The schedule policy from `[watch]`."""
-    watch = settings.watch
-    return schedule.Policy(
-        interval_min=watch.poll_interval_min,
-        interval_max=watch.poll_interval_max,
-        deadline=watch.deadline,
-        not_found_grace=watch.not_found_grace,
-        progress_interval=watch.progress_interval,
-    )
-
-
-def build_engine(
-    settings: Settings,
-    client: CbrClient,
-    clock: Clock,
-    *,
-    on_event: EventSink = discard_events,
-    record: TaskRecorder = discard_records,
-    rng: random.Random | None = None,
-) -> Engine:
-    """An engine configured from `[watch]` and `[metrics]` (tasks are added by the caller)."""
-    watch = settings.watch
-    engine = Engine(
-        client=client,
-        clock=clock,
-        policy=build_policy(settings),
-        max_concurrency=watch.max_concurrency,
-        max_requests_per_second=watch.max_requests_per_second,
-        on_event=on_event,
-        record=record,
-        exit_when_done=watch.exit_when_done,
-        retention=settings.metrics.retention,
-        rng=rng,
-    )
-    return engine
-
-
-def build_client(
-    settings: Settings,
-    clock: Clock,
-    *,
-    observe: RequestObserver | None = None,
-    on_token: TokenListener | None = None,
-) -> CbrClient:
-    """A CBR client for the configured endpoint, project, TLS and credentials; `observe` sees
-    every request (the metrics), `on_token` every new IAM token's expiry."""
-    cbr = settings.cbr
-    return CbrClient(
-        endpoint=cbr.effective_endpoint,
-        project_id=cbr.project_id,
-        auth=build_authenticator(settings, clock, on_token=on_token),
-        clock=clock,
-        request_timeout=cbr.request_timeout,
-        verify_tls=cbr.verify_tls,
-        ca_file=cbr.ca_file,
-        max_connections=settings.watch.max_concurrency,
-        observe=observe,
-    )
 
 
 @dataclass(frozen=True)
@@ -206,16 +101,18 @@ async def run_daemon(
             if receivers
             else None
         )
+        recorder = StateRecorder(
+            store,
+            Outbox.for_receivers(settings.webhooks, project_id=settings.cbr.project_id),
+            wake=deliverer.wake if deliverer is not None else None,
+        )
         engine = build_engine(
             settings,
             client,
             clock,
             on_event=metrics.on_event,
-            record=StateRecorder(
-                store,
-                Outbox.for_receivers(settings.webhooks, project_id=settings.cbr.project_id),
-                wake=deliverer.wake if deliverer is not None else None,
-            ),
+            record=recorder,
+            forget=recorder.forget,
         )
         scope.engine = engine
         metrics.attach(engine)
@@ -246,7 +143,6 @@ async def run_daemon(
         if settings.server.api_listen:
             api_listener = await start_task_api(
                 engine,
-                store,
                 listen=settings.server.api_listen,
                 api_token=settings.server.api_token.get_secret_value(),
             )

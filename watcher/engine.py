@@ -26,7 +26,9 @@ from watcher.engine_core import (
     CbrApi,
     EngineStats,
     Slot,
+    TaskForgetter,
     TaskRecorder,
+    discard_forgets,
     discard_records,
 )
 from watcher.events import EventSink
@@ -46,8 +48,10 @@ __all__ = [
     "Engine",
     "EngineStats",
     "StoreUnavailableError",
+    "TaskForgetter",
     "TaskRecorder",
     "WatchedTask",
+    "discard_forgets",
     "discard_records",
 ]
 
@@ -223,6 +227,30 @@ class Engine(BatchingEngine):
         if not slot.row.ended:
             self._active -= 1
         log.info("task.unwatched", task_id=task_id)
+        return True
+
+    async def delete(self, task_id: str) -> bool:
+        """Stop watching `task_id` for good (the task API's DELETE), committed before it
+        returns: the state file forgets it and keeps a tombstone, so neither a restart nor
+        discovery brings it back. False if it is not watched. Raises StoreUnavailableError
+        when that could not be written; the task is then watched as before.
+        """
+        slot = self._slots.get(task_id)
+        if slot is None:
+            return False
+        self.remove(task_id)  # first: an answer arriving meanwhile must not save it again
+        try:
+            await self._forget(task_id, self._clock.wall())
+        except Exception as error:
+            self._removed_ids.discard(task_id)
+            if task_id not in self._slots:
+                self._slots[task_id] = slot
+                self._rows[task_id] = slot.row
+                if not slot.row.ended:
+                    self._active += 1
+                    self._schedule(slot, 0.0)
+            log.error("store.write_failed", task_id=task_id, error_type=type(error).__name__)
+            raise StoreUnavailableError("the state store is failing") from error
         return True
 
     def sync_source(self, source: str, task_ids: Iterable[str]) -> tuple[list[str], list[str]]:

@@ -42,6 +42,14 @@ async def discard_records(task: WatchedTask, events: Sequence[TaskEvent]) -> Non
     """A TaskRecorder for engines without a state store."""
 
 
+TaskForgetter = Callable[[str, float], Awaitable[None]]
+"""Forgets a task removed on purpose, remembering when (wall seconds) as its tombstone."""
+
+
+async def discard_forgets(task_id: str, removed_wall: float) -> None:
+    """A TaskForgetter for engines without a state store."""
+
+
 class CbrApi(Protocol):
     """The part of the CBR client the engine uses (list_op_logs, when present, for batches)."""
 
@@ -117,6 +125,7 @@ class EngineCore:
         max_requests_per_second: float = 20.0,
         on_event: EventSink | None = None,
         record: TaskRecorder = discard_records,
+        forget: TaskForgetter = discard_forgets,
         exit_when_done: bool = False,
         retention: float = 900.0,
         shutdown_grace: float = 5.0,
@@ -130,6 +139,7 @@ class EngineCore:
         self.budget = RequestBudget(max_requests_per_second)
         self._subscribers: list[EventSink] = [on_event] if on_event is not None else []
         self._record = record
+        self._forget = forget
         self.exit_when_done = exit_when_done
         self._retention = retention
         self._shutdown_grace = shutdown_grace

@@ -20,7 +20,7 @@ The handlers are here; `watcher.task_api_body` reads and checks request bodies, 
 from __future__ import annotations
 
 import hmac
-import time
+
 from typing import Any
 
 import structlog
@@ -30,7 +30,6 @@ from aiohttp.typedefs import Middleware
 from watcher.engine import Engine, StoreUnavailableError, WatchedTask
 from watcher.listener import HttpListener
 from watcher.payloads import rfc3339
-from watcher.state.sqlite import Store
 from watcher.task_api_body import MAX_BODY, read_labels
 from watcher.task_api_errors import Handler, TaskApiRunner, error_response, json_errors
 from watcher.task_ids import TASK_ID_RULE, is_valid_task_id
@@ -54,7 +53,6 @@ SHUTDOWN_TIMEOUT = 2.0
 """Seconds open requests get when the listener closes."""
 
 ENGINE_KEY = web.AppKey("engine", Engine)
-STORE_KEY = web.AppKey("store", Store)
 
 
 def task_json(task: WatchedTask) -> dict[str, Any]:
@@ -139,15 +137,16 @@ async def delete_task(request: web.Request) -> web.Response:
     task_id = _task_id(request)
     if isinstance(task_id, web.Response):
         return task_id
-    engine, store = request.app[ENGINE_KEY], request.app[STORE_KEY]
-    if not engine.remove(task_id):
+    try:
+        removed = await request.app[ENGINE_KEY].delete(task_id)
+    except StoreUnavailableError:
+        return error_response(503, "store_unavailable", "the state store is failing; retry")
+    if not removed:
         return error_response(404, "not_found", "this task is not watched")
-    # The tombstone keeps discovery from watching it again (see watcher.state.restore).
-    await store.delete_task(task_id, tombstone_at=time.time())
     return web.Response(status=204)
 
 
-def make_task_api(engine: Engine, store: Store, *, api_token: str = "") -> web.Application:
+def make_task_api(engine: Engine, *, api_token: str = "") -> web.Application:
     """The task API application; with `api_token`, every request needs the bearer token.
 
     Serve it with TaskApiRunner (as `start_task_api` does): it decodes request bodies itself.
@@ -157,7 +156,6 @@ def make_task_api(engine: Engine, store: Store, *, api_token: str = "") -> web.A
         middlewares.append(_bearer_guard(api_token))
     app = web.Application(middlewares=middlewares, client_max_size=MAX_BODY)
     app[ENGINE_KEY] = engine
-    app[STORE_KEY] = store
     app.router.add_get("/v1/tasks", list_tasks)
     app.router.add_get("/v1/tasks/{task_id}", get_task)
     app.router.add_put("/v1/tasks/{task_id}", put_task)
@@ -166,14 +164,14 @@ def make_task_api(engine: Engine, store: Store, *, api_token: str = "") -> web.A
 
 
 async def start_task_api(
-    engine: Engine, store: Store, *, listen: str, api_token: str = ""
+    engine: Engine, *, listen: str, api_token: str = ""
 ) -> HttpListener:
     """Serve the task API on `listen` (HOST:PORT); returns the listener (close it to stop).
 
     ValueError for a bad `listen`; OSError (e.g. address in use) leaves nothing running.
     """
     listener = HttpListener(
-        make_task_api(engine, store, api_token=api_token),
+        make_task_api(engine, api_token=api_token),
         listen,
         name="task_api",
         shutdown_timeout=SHUTDOWN_TIMEOUT,

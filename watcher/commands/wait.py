@@ -33,10 +33,10 @@ from watcher.commands.wait_output import (
     WaitView,
 )
 from watcher.config import Settings
-from watcher.daemon import build_client, build_engine
 from watcher.engine import Engine
 from watcher.events import TaskEvent
 from watcher.payloads import event_data
+from watcher.wiring import build_client, build_engine
 
 EXIT_OK = 0
 EXIT_AUTH = 1

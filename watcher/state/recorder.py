@@ -60,6 +60,11 @@ class StateRecorder:
         if entries and self._wake is not None:
             self._wake({entry.receiver for entry in entries})
 
+    async def forget(self, task_id: str, removed_wall: float) -> None:
+        """The engine's TaskForgetter: drop the task's row and keep a tombstone (its
+        undelivered events stay in the outbox)."""
+        await self._store.delete_task(task_id, tombstone_at=removed_wall)
+
     async def _save_with_freshness(
         self, record: TaskRecord, entries: list[OutboxEntry], facts: Iterable[ResourceStatus]
     ) -> None:
