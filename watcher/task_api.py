@@ -20,7 +20,6 @@ The handlers are here; `watcher.task_api_body` reads and checks request bodies, 
 from __future__ import annotations
 
 import hmac
-
 from typing import Any
 
 import structlog
