@@ -162,9 +162,7 @@ def make_task_api(engine: Engine, *, api_token: str = "") -> web.Application:
     return app
 
 
-async def start_task_api(
-    engine: Engine, *, listen: str, api_token: str = ""
-) -> HttpListener:
+async def start_task_api(engine: Engine, *, listen: str, api_token: str = "") -> HttpListener:
     """Serve the task API on `listen` (HOST:PORT); returns the listener (close it to stop).
 
     ValueError for a bad `listen`; OSError (e.g. address in use) leaves nothing running.
