@@ -307,6 +307,33 @@ def test_the_kept_body_is_exactly_what_cbr_sent(
     assert log.raw == raw
 
 
+@settings(max_examples=300, deadline=None, database=None)
+@given(st.dictionaries(TEXT, JSON_VALUES, max_size=6), TEXT, TEXT)
+def test_a_stored_answer_restores_to_the_same_answer(
+    extra: dict[str, Any], task_id: str, status: str
+) -> None:
+    """What the state file holds — `raw_json`, or the ASCII-escaped JSON earlier versions
+    wrote — restores to an answer equal to the saved one, with the same kept bytes."""
+    raw = {**extra, "id": task_id, "status": status}
+    saved = OperationLog.from_raw(raw)
+    for stored in (saved.raw_json, json.dumps(raw, separators=(",", ":")).encode()):
+        restored = OperationLog.from_json(stored)
+        assert restored == saved
+        assert restored.raw_json == saved.raw_json
+        assert (restored.id, restored.status, restored.progress) == (
+            saved.id,
+            saved.status,
+            saved.progress,
+        )
+
+
+@pytest.mark.parametrize("stored", [b"", b"not json", b"[1, 2]", b'{"id": "t"}', b"[" * 100_000])
+def test_an_unreadable_stored_answer_is_a_malformed_body(stored: bytes) -> None:
+    """A damaged state row is a MalformedBodyError (the task restores without an answer)."""
+    with pytest.raises(MalformedBodyError):
+        OperationLog.from_json(stored)
+
+
 def test_infinity_and_nan_survive_in_the_kept_body() -> None:
     """JSON extensions CBR might send (`NaN`, `Infinity`) come back as the same values."""
     raw = json.loads('{"id": "t", "status": "running", "a": NaN, "b": Infinity, "c": -0.0}')

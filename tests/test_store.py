@@ -18,8 +18,9 @@ from watcher.engine import WatchedTask
 from watcher.events import TERMINAL_EVENT_FOR_STATUS, TaskEvent
 from watcher.freshness import ResourceKey, ResourceStatus
 from watcher.outbox import Outbox, Route
+from watcher.safetext import json_bytes
 from watcher.sim import SimTaskSpec
-from watcher.state.connection import StoreError
+from watcher.state.connection import Connection, StoreError
 from watcher.state.recorder import StateRecorder
 from watcher.state.restore import ENDED_TASK_RETENTION, restore
 from watcher.state.rows import LastSuccess, OutboxEntry, TaskRecord
@@ -36,7 +37,7 @@ def record(task_id: str, **changes: object) -> TaskRecord:
         "source": "api",
         "status": "running",
         "progress": 40,
-        "raw": {"id": task_id, "status": "running"},
+        "raw_json": json_bytes({"id": task_id, "status": "running"}),
         "first_seen": 100.0,
         "started": 110.0,
         "last_change": 120.0,
@@ -44,6 +45,9 @@ def record(task_id: str, **changes: object) -> TaskRecord:
         "ended": None,
         "end_reason": None,
     }
+    if "raw" in changes:
+        raw = changes.pop("raw")
+        changes["raw_json"] = None if raw is None else json_bytes(raw)
     fields.update(changes)
     return TaskRecord(**fields)  # type: ignore[arg-type]
 
@@ -69,6 +73,41 @@ async def test_round_trip_and_atomic_outbox(tmp_path: Path) -> None:
     assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     db.close()
+
+
+async def test_concurrent_changes_share_a_commit_and_fail_alone(tmp_path: Path) -> None:
+    """Group commit: 64 changes sent at once (64 task-API PUTs) commit in a few transactions,
+    and the one change that fails rolls back alone; the others are on disk."""
+    path = str(tmp_path / "group.db")
+    connection = Connection(path)
+    await connection.open()
+    commits: list[str] = []
+    try:
+        await connection.run(lambda: connection.db.execute("CREATE TABLE t (n INTEGER)"))
+        connection.db.set_trace_callback(
+            lambda sql: commits.append(sql) if sql == "COMMIT" else None
+        )
+
+        def change(n: int) -> Any:
+            def apply(db: sqlite3.Connection) -> None:
+                db.execute("INSERT INTO t (n) VALUES (?)", (n,))
+                if n == 13:
+                    raise ValueError("change 13 is bad")
+
+            return apply
+
+        results = await asyncio.gather(
+            *(connection.write(change(n)) for n in range(64)), return_exceptions=True
+        )
+    finally:
+        await connection.close()
+    failed = [n for n, result in enumerate(results) if isinstance(result, BaseException)]
+    assert failed == [13]
+    assert "change 13 is bad" in str(results[13])
+    assert 1 <= len(commits) < 64
+    with sqlite3.connect(path) as db:
+        stored = sorted(n for (n,) in db.execute("SELECT n FROM t"))
+    assert stored == [n for n in range(64) if n != 13]
 
 
 async def test_memory_store_works() -> None:

@@ -14,6 +14,7 @@ Standard library only, so that any module can use it.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable
 from typing import Final
@@ -44,6 +45,7 @@ _URL_PARTS: Final = re.compile(
 )
 
 
+@functools.lru_cache(maxsize=4096)  # asked for every key of every log line
 def is_secret_key(name: str) -> bool:
     """Whether a key called `name` holds a secret: "token", "auth.password", "api_token",
     "X-Auth-Token", "secret_key" do; "token_file", "secret_file" (paths) and "region" do not."""

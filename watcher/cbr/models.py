@@ -286,8 +286,9 @@ class OperationLog:
     """(code, message) when CBR reported an error, None when both are empty."""
     _body: bytes | dict[str, Any]
 
-    def __init__(self, raw: Mapping[str, Any]) -> None:
-        """Read `raw` (a JSON object as CBR sent it); MalformedBodyError without id/status."""
+    def __init__(self, raw: Mapping[str, Any], body: bytes | None = None) -> None:
+        """Read `raw` (a JSON object as CBR sent it); MalformedBodyError without id/status.
+        `body`, when given, is `raw` already encoded as `raw_json` would encode it."""
         get = raw.get
         self.id = _required_text(get("id"), "id")
         self.status = _required_text(get("status"), "status")
@@ -307,7 +308,7 @@ class OperationLog:
         code = _optional_text(info.get("code")) if info is not None else None
         message = _optional_text(info.get("message")) if info is not None else None
         self.error = (code or "", message or "") if code or message else None
-        self._body = _compact(raw)
+        self._body = body if body is not None else _compact(raw)
 
     @property
     def raw(self) -> dict[str, Any]:
@@ -379,6 +380,25 @@ class OperationLog:
 
     def __repr__(self) -> str:
         return f"OperationLog(id={self.id!r}, status={self.status!r}, progress={self.progress!r})"
+
+    @classmethod
+    def from_json(cls, body: bytes) -> OperationLog:
+        """Parse one stored operation log (`raw_json` bytes), keeping them as they are when
+        they are in `raw_json`'s own form (no re-encoding: restoring 50,000 tasks is faster)."""
+        try:
+            raw = json.loads(body)
+        except (RecursionError, ValueError) as error:
+            raise MalformedBodyError(f"unreadable operation_log ({type(error).__name__})") from None
+        if not isinstance(raw, dict):
+            raise MalformedBodyError(f"operation_log is {type(raw).__name__}, not an object")
+        # Without escapes, json.dumps' ASCII form and `raw_json`'s form are the same bytes.
+        known = body if b"\\u" not in body else None
+        try:
+            return cls(raw, known)
+        except MalformedBodyError:
+            raise
+        except (RecursionError, OverflowError, ValueError, TypeError) as error:
+            raise MalformedBodyError(f"unreadable operation_log ({type(error).__name__})") from None
 
     @classmethod
     def from_raw(cls, raw: object) -> OperationLog:

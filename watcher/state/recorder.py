@@ -31,7 +31,7 @@ def last_success_of(task: TaskRecord) -> LastSuccess | None:
     operation type), None for any other task."""
     if task.end_reason != "success" or task.ended is None:
         return None
-    operation_type = (task.raw or {}).get("operation_type")
+    operation_type = (task.raw or {}).get("operation_type")  # decoded once, at the end
     return LastSuccess(str(operation_type or UNKNOWN_OPERATION), task.ended)
 
 

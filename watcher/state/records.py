@@ -15,7 +15,7 @@ def snapshot(task: WatchedTask) -> TaskRecord:
         source=task.source,
         status=task.status,
         progress=task.progress,
-        raw=task.operation_log.raw if task.operation_log is not None else None,
+        raw_json=task.operation_log.raw_json if task.operation_log is not None else None,
         first_seen=task.added_wall,
         started=task.started_wall,
         last_change=task.last_change_wall,
@@ -28,9 +28,9 @@ def snapshot(task: WatchedTask) -> TaskRecord:
 def to_watched(record: TaskRecord) -> WatchedTask:
     """A task-table row rebuilt from the store (the last CBR body is parsed again)."""
     operation_log: OperationLog | None = None
-    if record.raw is not None:
+    if record.raw_json is not None:
         try:
-            operation_log = OperationLog.from_raw(record.raw)
+            operation_log = OperationLog.from_json(record.raw_json)
         except MalformedBodyError:
             operation_log = None
     return WatchedTask(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,13 +16,19 @@ class TaskRecord:
     source: str
     status: str | None
     progress: int | None
-    raw: dict[str, Any] | None
+    raw_json: bytes | None
+    """CBR's last answer as compact JSON (`OperationLog.raw_json`), kept as bytes."""
     first_seen: float
     started: float | None
     last_change: float | None
     last_progress: float | None
     ended: float | None
     end_reason: str | None
+
+    @property
+    def raw(self) -> dict[str, Any] | None:
+        """`raw_json` decoded (a fresh copy each time)."""
+        return None if self.raw_json is None else dict(json.loads(self.raw_json))
 
 
 @dataclass(frozen=True, slots=True)

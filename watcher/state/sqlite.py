@@ -85,32 +85,30 @@ class Store:
         changed, in one transaction. `resources` replace what is stored for their keys."""
         entries, statuses = list(outbox), list(resources)
 
-        def write() -> None:
-            with transaction(self._db) as db:
-                _upsert_task(db, task)
-                _insert_outbox(db, entries)
-                if last_success is not None:
-                    db.execute(
-                        "INSERT INTO last_success (operation_type, ended) VALUES (?, ?)"
-                        " ON CONFLICT (operation_type) DO UPDATE"
-                        " SET ended = max(ended, excluded.ended)",
-                        (clean(last_success.operation_type), last_success.ended),
-                    )
-                _upsert_resources(db, statuses)
+        def write(db: sqlite3.Connection) -> None:
+            _upsert_task(db, task)
+            _insert_outbox(db, entries)
+            if last_success is not None:
+                db.execute(
+                    "INSERT INTO last_success (operation_type, ended) VALUES (?, ?)"
+                    " ON CONFLICT (operation_type) DO UPDATE"
+                    " SET ended = max(ended, excluded.ended)",
+                    (clean(last_success.operation_type), last_success.ended),
+                )
+            _upsert_resources(db, statuses)
 
-        await self._connection.run(write)
+        await self._connection.write(write)
 
     async def delete_task(self, task_id: str, *, tombstone_at: float | None = None) -> None:
         """Forget a task (its undelivered events stay in the outbox). With `tombstone_at`
         (wall seconds), also remember it was removed on purpose (see `tombstones`)."""
 
-        def delete() -> None:
-            with transaction(self._db) as db:
-                db.execute("DELETE FROM tasks WHERE task_id = ?", (task_id,))
-                if tombstone_at is not None:
-                    _insert_tombstone(db, task_id, tombstone_at)
+        def delete(db: sqlite3.Connection) -> None:
+            db.execute("DELETE FROM tasks WHERE task_id = ?", (task_id,))
+            if tombstone_at is not None:
+                _insert_tombstone(db, task_id, tombstone_at)
 
-        await self._connection.run(delete)
+        await self._connection.write(delete)
 
     async def prune_ended(self, before: float) -> int:
         """Drop tasks that ended before `before` (wall seconds); returns how many."""
@@ -323,7 +321,7 @@ def _task_record(row: Any) -> TaskRecord:
         source=row[2],
         status=row[3],
         progress=row[4],
-        raw=json.loads(row[5]) if row[5] else None,
+        raw_json=row[5].encode() if row[5] else None,
         first_seen=row[6],
         started=row[7],
         last_change=row[8],
@@ -347,7 +345,7 @@ def _upsert_task(db: sqlite3.Connection, task: TaskRecord) -> None:
             clean(task.source),
             None if task.status is None else clean(task.status),
             task.progress,
-            json.dumps(task.raw, separators=(",", ":")) if task.raw is not None else None,
+            task.raw_json.decode() if task.raw_json is not None else None,
             task.first_seen,
             task.started,
             task.last_change,
