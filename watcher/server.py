@@ -42,7 +42,10 @@ STALL_AFTER = 15.0
 least once a second)."""
 SHUTDOWN_TIMEOUT = 3.0
 """Seconds open requests get when the listener closes."""
-GZIP_LEVEL = 5
+GZIP_LEVEL = 1
+"""Level 1: the 9 MB text of 10,000 tasks compresses in 23 ms to 668 KB, against 59 ms and
+621 KB at level 5 (measured); exposition text is repetitive enough that more effort buys
+little, and the render thread holds the GIL while it compresses."""
 
 
 class LoopTurns(Protocol):
