@@ -85,6 +85,25 @@ def clean_env(**settings: str) -> dict[str, str]:
     return env
 
 
+def fast_daemon_env(endpoint: str, project_id: str, token: str, **extra: str) -> dict[str, str]:
+    """`clean_env` for a daemon pointed at a simulator, with fast polling (0.1–0.4 s), a 1 s
+    404 grace, JSON logs, an in-memory state and the metrics listener on a free port; `extra`
+    adds or overrides settings."""
+    settings = {
+        "CBR_WATCHER_CBR__ENDPOINT": endpoint,
+        "CBR_WATCHER_CBR__PROJECT_ID": project_id,
+        "CBR_WATCHER_AUTH__TOKEN": token,
+        "CBR_WATCHER_WATCH__POLL_INTERVAL_MIN": "0.1s",
+        "CBR_WATCHER_WATCH__POLL_INTERVAL_MAX": "0.4s",
+        "CBR_WATCHER_WATCH__NOT_FOUND_GRACE": "1s",
+        "CBR_WATCHER_LOG__FORMAT": "json",
+        "CBR_WATCHER_STATE__PATH": ":memory:",
+        "CBR_WATCHER_SERVER__LISTEN": "127.0.0.1:0",
+        "CBR_WATCHER_SERVER__API_LISTEN": "",
+    }
+    return clean_env(**{**settings, **extra})
+
+
 Stdio = int | IO[Any] | None
 
 

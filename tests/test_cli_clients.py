@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.daemon_process import DaemonProcess, clean_env, run_cli
+from tests.daemon_process import DaemonProcess, clean_env, fast_daemon_env, run_cli
 from tests.support import TestReceiver
 from watcher.clock import RealClock
 from watcher.sim import SimTaskSpec, Simulator
@@ -35,18 +35,11 @@ async def live_sim() -> AsyncIterator[tuple[Simulator, str]]:
 def daemon_env(sim: Simulator, base_url: str, **extra: str) -> dict[str, str]:
     """Environment for a daemon pointed at `sim`, with the task API on a free port."""
     settings = {
-        "CBR_WATCHER_CBR__ENDPOINT": base_url,
-        "CBR_WATCHER_CBR__PROJECT_ID": sim.project_id,
-        "CBR_WATCHER_AUTH__TOKEN": TOKEN,
-        "CBR_WATCHER_WATCH__POLL_INTERVAL_MIN": "0.1s",
-        "CBR_WATCHER_WATCH__POLL_INTERVAL_MAX": "0.4s",
-        "CBR_WATCHER_LOG__FORMAT": "json",
-        "CBR_WATCHER_STATE__PATH": ":memory:",
-        "CBR_WATCHER_SERVER__LISTEN": "127.0.0.1:0",
         "CBR_WATCHER_SERVER__API_LISTEN": "127.0.0.1:0",
         "CBR_WATCHER_SERVER__API_TOKEN": API_TOKEN,
+        "CBR_WATCHER_WATCH__NOT_FOUND_GRACE": "2m",
     }
-    return clean_env(**{**settings, **extra})
+    return fast_daemon_env(base_url, sim.project_id, TOKEN, **{**settings, **extra})
 
 
 # ---- tasks -------------------------------------------------------------------------------

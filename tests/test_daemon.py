@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.daemon_process import json_lines, run_cli, spawned
+from tests.daemon_process import fast_daemon_env, json_lines, run_cli, spawned
 from watcher.clock import RealClock
 from watcher.sim import SimTaskSpec, Simulator
 
@@ -34,24 +34,9 @@ async def live_sim() -> AsyncIterator[tuple[Simulator, str]]:
 
 def daemon_env(sim: Simulator, base_url: str, **extra: str) -> dict[str, str]:
     """Environment for a daemon pointed at `sim`, with fast polling."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CBR_WATCHER_")}
-    env.pop("CREDENTIALS_DIRECTORY", None)
-    env.update(
-        {
-            "CBR_WATCHER_CBR__ENDPOINT": base_url,
-            "CBR_WATCHER_CBR__PROJECT_ID": sim.project_id,
-            "CBR_WATCHER_AUTH__TOKEN": TOKEN,
-            "CBR_WATCHER_WATCH__POLL_INTERVAL_MIN": "0.1s",
-            "CBR_WATCHER_WATCH__POLL_INTERVAL_MAX": "0.4s",
-            "CBR_WATCHER_WATCH__NOT_FOUND_GRACE": "1s",
-            "CBR_WATCHER_LOG__FORMAT": "json",
-            "CBR_WATCHER_STATE__PATH": ":memory:",
-            "CBR_WATCHER_SERVER__LISTEN": "127.0.0.1:0",
-            "CBR_WATCHER_SERVER__API_LISTEN": "127.0.0.1:0",
-        }
+    return fast_daemon_env(
+        base_url, sim.project_id, TOKEN, CBR_WATCHER_SERVER__API_LISTEN="127.0.0.1:0", **extra
     )
-    env.update(extra)
-    return env
 
 
 async def test_exit_when_done_all_succeeded_exits_0(live_sim: tuple[Simulator, str]) -> None:

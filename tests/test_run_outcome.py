@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import structlog
 
-from tests.daemon_process import DaemonProcess, clean_env, json_lines, run_cli
+from tests.daemon_process import DaemonProcess, fast_daemon_env, json_lines, run_cli
 from watcher.clock import RealClock
 from watcher.config import load_settings
 from watcher.daemon import DaemonHandle, run_daemon
@@ -28,19 +28,7 @@ TOKEN = "run-0utcome-token"
 
 def daemon_env(sim: Simulator, base_url: str, **extra: str) -> dict[str, str]:
     """Environment for a daemon pointed at `sim`, with fast polling and JSON logs."""
-    settings = {
-        "CBR_WATCHER_CBR__ENDPOINT": base_url,
-        "CBR_WATCHER_CBR__PROJECT_ID": sim.project_id,
-        "CBR_WATCHER_AUTH__TOKEN": TOKEN,
-        "CBR_WATCHER_WATCH__POLL_INTERVAL_MIN": "0.1s",
-        "CBR_WATCHER_WATCH__POLL_INTERVAL_MAX": "0.4s",
-        "CBR_WATCHER_WATCH__NOT_FOUND_GRACE": "1s",
-        "CBR_WATCHER_LOG__FORMAT": "json",
-        "CBR_WATCHER_STATE__PATH": ":memory:",
-        "CBR_WATCHER_SERVER__LISTEN": "127.0.0.1:0",
-        "CBR_WATCHER_SERVER__API_LISTEN": "",
-    }
-    return clean_env(**{**settings, **extra})
+    return fast_daemon_env(base_url, sim.project_id, TOKEN, **extra)
 
 
 @pytest.fixture

@@ -247,8 +247,8 @@ def generated_requests(count: int = 400) -> Iterator[Generated]:
 def sdk_signer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     """The official huaweicloudsdkcore signer class (test-only dependency), HOME kept aside."""
     monkeypatch.setenv("HOME", str(tmp_path))
-    from huaweicloudsdkcore.sdk_request import SdkRequest  # type: ignore[import-untyped]
-    from huaweicloudsdkcore.signer.signer import Signer  # type: ignore[import-untyped]
+    from huaweicloudsdkcore.sdk_request import SdkRequest
+    from huaweicloudsdkcore.signer.signer import Signer
 
     def sign(request: Generated) -> tuple[str, str]:
         sdk_request = SdkRequest(

@@ -221,8 +221,8 @@ async def test_requests_signed_by_the_official_sdk_pass(
 ) -> None:
     """The simulator's verifier accepts what huaweicloudsdkcore signs, sent as the SDK sends it."""
     monkeypatch.setenv("HOME", str(tmp_path))
-    from huaweicloudsdkcore.sdk_request import SdkRequest  # type: ignore[import-untyped]
-    from huaweicloudsdkcore.signer.signer import Signer  # type: ignore[import-untyped]
+    from huaweicloudsdkcore.sdk_request import SdkRequest
+    from huaweicloudsdkcore.signer.signer import Signer
 
     base = URL(caller.base_url)
     request = SdkRequest(
