@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import weakref
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from aiohttp import web
 
@@ -26,6 +27,8 @@ from watcher.sim.listing import parse_list_query, select
 from watcher.sim.signature import SignedCall
 from watcher.sim.specs import policy_from_mapping, spec_from_mapping
 from watcher.sim.tasks import task_state
+
+_Spec = TypeVar("_Spec")
 
 API_PREFIX = "/v3/"
 SHOW_PATH = "/v3/{project_id}/operation-logs/{operation_log_id}"
@@ -243,6 +246,31 @@ def _abort(request: web.Request) -> None:
         transport.abort()
 
 
+async def _add_from_body(
+    request: web.Request,
+    parse: Callable[[object, str], _Spec],
+    add: Callable[[list[_Spec]], list[str]],
+    kind: str,
+    plural: str,
+) -> web.StreamResponse:
+    """A control POST: one object or a list, each parsed by `parse` (named `kind`, or
+    `plural[i]` in a list, in errors), then `add`ed → 201 {"ids": [...]}, or a 400."""
+    try:
+        body = await request.json()
+    except ValueError:
+        return json_response(400, {"error": "body is not valid JSON"})
+    items = body if isinstance(body, list) else [body]
+    try:
+        specs = [
+            parse(item, f"{plural}[{position}]" if isinstance(body, list) else kind)
+            for position, item in enumerate(items)
+        ]
+        ids = add(specs)
+    except ValueError as error:
+        return json_response(400, {"error": str(error)})
+    return json_response(201, {"ids": ids})
+
+
 class _ControlApi:
     """/_sim/: add tasks, read request counts, rotate tokens. No auth: it is a test tool."""
 
@@ -251,20 +279,7 @@ class _ControlApi:
 
     async def add_tasks(self, request: web.Request) -> web.StreamResponse:
         """POST /_sim/tasks: one spec object or a list of them → 201 {"ids": [...]}."""
-        try:
-            body = await request.json()
-        except ValueError:
-            return json_response(400, {"error": "body is not valid JSON"})
-        items = body if isinstance(body, list) else [body]
-        try:
-            specs = [
-                spec_from_mapping(item, f"tasks[{position}]" if isinstance(body, list) else "task")
-                for position, item in enumerate(items)
-            ]
-            ids = self.sim.add_tasks(specs)
-        except ValueError as error:
-            return json_response(400, {"error": str(error)})
-        return json_response(201, {"ids": ids})
+        return await _add_from_body(request, spec_from_mapping, self.sim.add_tasks, "task", "tasks")
 
     async def list_tasks(self, request: web.Request) -> web.StreamResponse:
         """GET /_sim/tasks: every task with its current status and progress."""
@@ -288,22 +303,9 @@ class _ControlApi:
 
     async def add_policies(self, request: web.Request) -> web.StreamResponse:
         """POST /_sim/policies: one policy object or a list, started now → 201 {"ids": [...]}."""
-        try:
-            body = await request.json()
-        except ValueError:
-            return json_response(400, {"error": "body is not valid JSON"})
-        items = body if isinstance(body, list) else [body]
-        try:
-            specs = [
-                policy_from_mapping(
-                    item, f"policies[{position}]" if isinstance(body, list) else "policy"
-                )
-                for position, item in enumerate(items)
-            ]
-            ids = self.sim.add_policies(specs)
-        except ValueError as error:
-            return json_response(400, {"error": str(error)})
-        return json_response(201, {"ids": ids})
+        return await _add_from_body(
+            request, policy_from_mapping, self.sim.add_policies, "policy", "policies"
+        )
 
     async def list_policies(self, request: web.Request) -> web.StreamResponse:
         """GET /_sim/policies: every policy, with how many tasks it has created so far."""
