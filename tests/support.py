@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 from collections.abc import Callable
@@ -13,6 +14,9 @@ from typing import Any
 from aiohttp import web
 
 from watcher.cbr.client import CbrClient
+from watcher.clock import Clock
+from watcher.config import Settings
+from watcher.daemon import DaemonHandle, run_daemon
 from watcher.engine import Engine
 from watcher.schedule import Policy
 from watcher.sim import Simulator
@@ -157,3 +161,37 @@ class TestReceiver:
         self.release.set()
         assert self._runner is not None
         await self._runner.cleanup()
+
+
+START_TIMEOUT = 30.0
+
+
+async def start_daemon(
+    settings: Settings, *, clock: Clock | None = None
+) -> tuple[asyncio.Task[int], DaemonHandle]:
+    """`run_daemon` in this event loop (no signal handlers) until it is started: (the task
+    that returns its exit code, its handle). Stop it with `handle.engine.stop()`. If it ends
+    or does not start within START_TIMEOUT real seconds, it is cancelled and the test fails."""
+    loop = asyncio.get_running_loop()
+    started: asyncio.Future[DaemonHandle] = loop.create_future()
+
+    def on_started(handle: DaemonHandle) -> None:
+        if not started.done():
+            started.set_result(handle)
+
+    daemon = asyncio.create_task(
+        run_daemon(settings, clock=clock, install_signal_handlers=False, started=on_started)
+    )
+    try:
+        waiting: set[asyncio.Future[Any]] = {daemon, started}
+        await asyncio.wait(waiting, timeout=START_TIMEOUT, return_when="FIRST_COMPLETED")
+        if started.done():
+            return daemon, started.result()
+        if daemon.done():
+            raise AssertionError(f"the daemon ended before it started: {daemon.result()!r}")
+        raise AssertionError(f"the daemon did not start within {START_TIMEOUT:g} s")
+    except BaseException:
+        daemon.cancel()
+        with contextlib.suppress(BaseException):
+            await daemon
+        raise

@@ -10,10 +10,10 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from tests.support import start_daemon
 from watcher import gc_tuning
 from watcher.clock import RealClock
 from watcher.config import load_settings
-from watcher.daemon import DaemonHandle, run_daemon
 from watcher.gc_tuning import GcTuner, PauseRecorder
 from watcher.sim import Simulator
 from watcher.testing import FakeClock, drive_until
@@ -86,13 +86,6 @@ async def test_the_daemon_freezes_its_task_table_once_started(tmp_path: Path) ->
     sim = Simulator(RealClock(), tokens=["t0ken"], seed=2)
     task_file = tmp_path / "tasks.txt"
     task_file.write_text("\n".join(f"absent-{n:05d}" for n in range(1500)) + "\n")
-    handles: list[DaemonHandle] = []
-    started = asyncio.Event()
-
-    def on_started(handle: DaemonHandle) -> None:
-        handles.append(handle)
-        started.set()
-
     async with sim.running() as base_url:
         settings = load_settings(
             overrides={
@@ -105,18 +98,13 @@ async def test_the_daemon_freezes_its_task_table_once_started(tmp_path: Path) ->
             environ={},
             secrets_dirs=[],
         )
-        daemon = asyncio.create_task(
-            run_daemon(settings, install_signal_handlers=False, started=on_started)
-        )
+        daemon, handle = await start_daemon(settings)
         try:
             async with asyncio.timeout(30), aiohttp.ClientSession() as session:
-                await started.wait()
-                [handle] = handles
                 async with session.get(handle.metrics_url + "/readyz") as response:
                     assert response.status == 200
                 assert len(handle.engine.tasks) == 1500
                 assert gc.get_freeze_count() > 1500
         finally:
-            if handles:
-                handles[0].engine.stop()
+            handle.engine.stop()
             await asyncio.wait_for(daemon, 30)

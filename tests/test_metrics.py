@@ -6,7 +6,6 @@ prometheus_client's own parsers, so assertions are on what Prometheus would stor
 
 from __future__ import annotations
 
-import asyncio
 import random
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -20,12 +19,11 @@ from prometheus_client.openmetrics.parser import (
 )
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support import Running, World, make_engine
+from tests.support import Running, World, make_engine, start_daemon
 from watcher.cbr.auth import TokenAuthenticator
 from watcher.cbr.client import CbrClient
 from watcher.cbr.models import OperationLog
 from watcher.config import load_settings
-from watcher.daemon import DaemonHandle, run_daemon
 from watcher.engine import Engine, WatchedTask
 from watcher.events import (
     TASK_FAILED,
@@ -927,26 +925,14 @@ async def run_daemon_until_done(world: World, state: Path, tasks: list[str]) -> 
         environ={},
         secrets_dirs=[],
     )
-    handles: list[DaemonHandle] = []
-    started = asyncio.Event()
-
-    def on_started(handle: DaemonHandle) -> None:
-        handles.append(handle)
-        started.set()
-
-    daemon = asyncio.create_task(
-        run_daemon(settings, clock=world.clock, install_signal_handlers=False, started=on_started)
-    )
+    daemon, handle = await start_daemon(settings, clock=world.clock)
     try:
-        await asyncio.wait_for(started.wait(), 30)
-        [handle] = handles
         await drive_until(
             world.clock, handle.engine.all_done, busy=lambda: handle.engine.in_flight > 0
         )
         return scrape(handle.metrics)
     finally:
-        for handle in handles:
-            handle.engine.stop()
+        handle.engine.stop()
         await drive_until(world.clock, daemon.done, busy=lambda: False)
         assert daemon.result() == 0
 

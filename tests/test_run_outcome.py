@@ -16,9 +16,9 @@ import pytest
 import structlog
 
 from tests.daemon_process import DaemonProcess, fast_daemon_env, json_lines, run_cli
+from tests.support import start_daemon
 from watcher.clock import RealClock
 from watcher.config import load_settings
-from watcher.daemon import DaemonHandle, run_daemon
 from watcher.sim import SimTaskSpec, Simulator
 from watcher.testing import FakeClock, drive_until
 
@@ -154,20 +154,9 @@ async def run_on_fake_clock(
 ) -> tuple[int | None, float, list[MutableMapping[str, Any]]]:
     """Run the daemon on `clock`; (exit code or None if still running after `until_seconds`
     of fake time, fake seconds elapsed, captured log lines)."""
-    handles: list[DaemonHandle] = []
-    started = asyncio.Event()
-
-    def on_started(handle: DaemonHandle) -> None:
-        handles.append(handle)
-        started.set()
-
     with structlog.testing.capture_logs() as logs:
-        daemon = asyncio.create_task(
-            run_daemon(settings, clock=clock, install_signal_handlers=False, started=on_started)
-        )
+        daemon, handle = await start_daemon(settings, clock=clock)
         try:
-            await asyncio.wait_for(started.wait(), 30)
-            [handle] = handles
             began = clock.monotonic()
             limit = until_seconds if until_seconds is not None else 86_400.0 * 3
             expect_timeout = pytest.raises(TimeoutError) if until_seconds is not None else None
@@ -187,8 +176,7 @@ async def run_on_fake_clock(
             return None, elapsed, logs
         finally:
             if not daemon.done():
-                for handle in handles:
-                    handle.engine.stop()
+                handle.engine.stop()
                 await asyncio.wait_for(daemon, 30)
 
 

@@ -17,10 +17,9 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support import Running, World, make_engine
+from tests.support import Running, World, make_engine, start_daemon
 from watcher.clock import RealClock
 from watcher.config import load_settings
-from watcher.daemon import DaemonHandle, run_daemon
 from watcher.metrics import Metrics
 from watcher.server import STALL_AFTER, Health, HttpListener, start_metrics_listener
 from watcher.sim import SimTaskSpec, Simulator
@@ -212,13 +211,6 @@ async def test_run_daemon_serves_metrics_health_and_readiness() -> None:
     task_id = sim.add_task(SimTaskSpec(id="wired", waiting=0.1, running=3600))
     api_port = free_port()
     api_auth = {"Authorization": "Bearer api-t0ken"}
-    handles: list[DaemonHandle] = []
-    started = asyncio.Event()
-
-    def on_started(handle: DaemonHandle) -> None:
-        handles.append(handle)
-        started.set()
-
     async with sim.running() as base_url:
         settings = load_settings(
             overrides={
@@ -240,13 +232,9 @@ async def test_run_daemon_serves_metrics_health_and_readiness() -> None:
             environ={},
             secrets_dirs=[],
         )
-        daemon = asyncio.create_task(
-            run_daemon(settings, install_signal_handlers=False, started=on_started)
-        )
+        daemon, handle = await start_daemon(settings)
         try:
             async with asyncio.timeout(30), aiohttp.ClientSession() as session:
-                await started.wait()
-                [handle] = handles
                 async with session.get(handle.metrics_url + "/readyz") as response:
                     assert response.status == 200
                     body = await response.json()
@@ -285,11 +273,10 @@ async def test_run_daemon_serves_metrics_health_and_readiness() -> None:
                     assert response.status == 200
                     assert (await response.json())["source"] == "config"
         finally:
-            for handle in handles:
-                handle.engine.stop()
+            handle.engine.stop()
             assert await daemon == 0
-    await assert_port_released(int(handles[0].metrics_url.rsplit(":", 1)[1]))
+    await assert_port_released(int(handle.metrics_url.rsplit(":", 1)[1]))
     await assert_port_released(api_port)
     with pytest.raises(aiohttp.ClientConnectionError):
-        async with aiohttp.ClientSession() as session, session.get(handles[0].metrics_url):
+        async with aiohttp.ClientSession() as session, session.get(handle.metrics_url):
             pass
