@@ -18,6 +18,7 @@ from watcher.clock import Clock
 from watcher.config import Settings
 from watcher.daemon import DaemonHandle, run_daemon
 from watcher.engine import Engine
+from watcher.events import TaskEvent
 from watcher.schedule import Policy
 from watcher.sim import Simulator
 from watcher.testing import FakeClock, drive_until
@@ -30,6 +31,21 @@ def fake_clock_now() -> FakeClock:
     clock; the tasks still move only when the test advances this clock.
     """
     return FakeClock(start_wall=time.time(), start_monotonic=time.monotonic())
+
+
+class Events:
+    """An EventSink that keeps every event, for assertions."""
+
+    def __init__(self) -> None:
+        self.events: list[TaskEvent] = []
+
+    async def __call__(self, event: TaskEvent) -> None:
+        """Keep `event`."""
+        self.events.append(event)
+
+    def of(self, task_id: str) -> list[str]:
+        """The types of `task_id`'s events, in order."""
+        return [e.type for e in self.events if e.task_id == task_id]
 
 
 @dataclass

@@ -9,27 +9,15 @@ from typing import Any
 
 import pytest
 
-from tests.support import Running, World, make_engine, run_until
+from tests.support import Events, Running, World, make_engine, run_until
 from watcher import batch
 from watcher.cbr.errors import CbrError, NotFoundError, ThrottledError
 from watcher.cbr.models import OperationLog, OpLogPage
 from watcher.config.model import DiscoverSettings
 from watcher.discovery import Discovery
 from watcher.engine import Engine
-from watcher.events import TaskEvent
 from watcher.schedule import Policy
 from watcher.sim import SimTaskSpec
-
-
-class Events:
-    def __init__(self) -> None:
-        self.events: list[TaskEvent] = []
-
-    async def __call__(self, event: TaskEvent) -> None:
-        self.events.append(event)
-
-    def of(self, task_id: str) -> list[str]:
-        return [e.type for e in self.events if e.task_id == task_id]
 
 
 def shows(world: World) -> int:

@@ -8,26 +8,14 @@ from typing import Any
 
 from structlog.testing import capture_logs
 
-from tests.support import Running, World, make_engine
+from tests.support import Events, Running, World, make_engine
 from watcher.cbr.errors import TransientError
 from watcher.cbr.models import OpLogPage
 from watcher.config.model import DiscoverSettings
 from watcher.discovery import Discovery
 from watcher.engine import Engine
-from watcher.events import TaskEvent
 from watcher.sim import SimTaskSpec
 from watcher.state.sqlite import Store
-
-
-class Events:
-    def __init__(self) -> None:
-        self.events: list[TaskEvent] = []
-
-    async def __call__(self, event: TaskEvent) -> None:
-        self.events.append(event)
-
-    def of(self, task_id: str) -> list[str]:
-        return [e.type for e in self.events if e.task_id == task_id]
 
 
 def discovery(
