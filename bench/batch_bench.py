@@ -53,11 +53,11 @@ from watcher.cbr.auth import TokenAuthenticator
 from watcher.cbr.client import LIST, SHOW, CbrClient
 from watcher.cbr.models import OperationLog, OpLogPage
 from watcher.clock import ScaledClock
-from watcher.engine import Engine
-from watcher.engine_core import Slot
-from watcher.events import TERMINAL_EVENT_FOR_STATUS, TaskEvent
-from watcher.logs import configure_logging
-from watcher.schedule import Policy
+from watcher.engine.core import Slot
+from watcher.engine.engine import Engine
+from watcher.engine.events import TERMINAL_EVENT_FOR_STATUS, TaskEvent
+from watcher.engine.schedule import Policy
+from watcher.observe.logs import configure_logging
 from watcher.sim import DEFAULT_PROJECT_ID, DEFAULT_TOKENS, SimTaskSpec, Simulator
 
 HOUR = 3600.0

@@ -3,7 +3,7 @@ people use, on one seeded population of CBR-like tasks, all on a fake clock.
 
     python bench/efficiency.py [--tasks 120] [--seed 1] [--json out.json]
 
-Every system is the real `watcher.engine.Engine` with a real `CbrClient`, polling the CBR
+Every system is the real `watcher.engine.engine.Engine` with a real `CbrClient`, polling the CBR
 simulator on a real socket in this process, on a `FakeClock` that jumps whenever the engine
 is idle (so a 12-hour backup takes a fraction of a second), one ShowOpLog per poll (ListOpLogs
 batching is off: it would cut every system's requests when many tasks are due together, and
@@ -11,7 +11,7 @@ this compares cadences). Each system gets a fresh simulator with the same task s
 the same fake instant; only the cadence differs:
 
 * `cbr-watcher` — `schedule.after_success` with the defaults (progress-aware);
-* `cbr-watcher, learned tail` — the same, with the tail band a `watcher.estimator.TailPrior`
+* `cbr-watcher, learned tail` — the same, with the tail band a `watcher.engine.estimator.TailPrior`
   learns from the tasks that already ended, fed here the way the engine would feed it
   (`TailPrior.learn` with the task's last track when its end is seen, `tail=` the band);
 * `cbr-watcher, previous cadence` — the same with `Policy.progress_aware=False` (back to
@@ -21,7 +21,7 @@ the same fake instant; only the cadence differs:
 * `Smithy waiter` — random in [2 s, min(120 s, 2·2^n)];
 
 plus the limit: one request per task, seen the instant it ends. The baselines replace
-`watcher.schedule.after_success` for their run (errors, 404s and the deadline are not
+`watcher.engine.schedule.after_success` for their run (errors, 404s and the deadline are not
 exercised: the simulator injects no faults here).
 
 Detection delay = when the engine saw the terminal status − when the simulator ended the task.
@@ -50,14 +50,14 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
-from watcher import schedule
 from watcher.cbr.auth import TokenAuthenticator
 from watcher.cbr.client import CbrClient
-from watcher.engine import Engine
-from watcher.estimator import TailBand, TailPrior
-from watcher.events import TaskEvent
-from watcher.logs import configure_logging
-from watcher.schedule import Decision, Policy, PollState, Reason
+from watcher.engine import schedule
+from watcher.engine.engine import Engine
+from watcher.engine.estimator import TailBand, TailPrior
+from watcher.engine.events import TaskEvent
+from watcher.engine.schedule import Decision, Policy, PollState, Reason
+from watcher.observe.logs import configure_logging
 from watcher.sim import DEFAULT_TOKENS, SimTaskSpec, Simulator
 from watcher.sim.tasks import Phase
 from watcher.testing import FakeClock, drive_until
@@ -380,7 +380,7 @@ async def run_system(system: System, tasks: Sequence[PopTask], seed: int) -> Sys
                 policy=system.policy,
                 max_concurrency=64,
                 # The comparison is about cadence, not about a shared budget, nor about
-                # ListOpLogs batching (watcher.batch), which would serve every system's due
+                # ListOpLogs batching (watcher.engine.listing), which would serve every system's due
                 # polls with shared pages: one ShowOpLog per poll, as the waiters make.
                 max_requests_per_second=1e6,
                 batch_refresh=False,

@@ -24,11 +24,11 @@ from typing import Any
 
 from watcher.clock import RealClock
 from watcher.config import WebhookSettings
-from watcher.events import TaskEvent
-from watcher.logs import configure_logging
-from watcher.outbox import Outbox
+from watcher.delivery.outbox import Outbox
+from watcher.delivery.webhooks import Deliverer, Receiver
+from watcher.engine.events import TaskEvent
+from watcher.observe.logs import configure_logging
 from watcher.state.sqlite import Store
-from watcher.webhooks import Deliverer, Receiver
 
 SECRET = "whsec_" + base64.b64encode(b"benchmark-secret-32-bytes-long!!").decode()
 

@@ -13,10 +13,10 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support import Running, World, make_engine, run_until
-from watcher import schedule
-from watcher.estimator import TailBand, TailPrior
-from watcher.metrics import Metrics
-from watcher.schedule import Decision, Policy, PollState, Reason
+from watcher.engine import schedule
+from watcher.engine.estimator import TailBand, TailPrior
+from watcher.engine.schedule import Decision, Policy, PollState, Reason
+from watcher.observe.metrics import Metrics
 from watcher.sim import SimTaskSpec
 
 Curve = Callable[[float], int]

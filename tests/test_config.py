@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from watcher.cli import main
+from watcher.cbr.ids import TASK_ID_RULE
+from watcher.cli.main import main
 from watcher.config import (
     REDACTED,
     ConfigError,
@@ -24,9 +25,8 @@ from watcher.config import (
     render_effective,
     require_runnable,
 )
-from watcher.durations import DURATION_RULE
-from watcher.outbox import receiver_wants
-from watcher.task_ids import TASK_ID_RULE
+from watcher.config.durations import DURATION_RULE
+from watcher.delivery.outbox import receiver_wants
 
 WHSEC = "whsec_" + base64.b64encode(b"0123456789abcdef").decode()
 

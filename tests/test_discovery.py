@@ -12,9 +12,9 @@ from tests.support import Events, Running, World, make_engine
 from watcher.cbr.errors import TransientError
 from watcher.cbr.models import OpLogPage
 from watcher.config.model import DiscoverSettings
-from watcher.discovery import Discovery
-from watcher.engine import Engine
+from watcher.engine.engine import Engine
 from watcher.sim import SimTaskSpec
+from watcher.sources.discovery import Discovery
 from watcher.state.sqlite import Store
 
 

@@ -11,10 +11,10 @@ import pytest
 from structlog.testing import capture_logs
 
 from tests.support import Running, World, make_engine, run_until
-from watcher.events import TaskEvent
-from watcher.schedule import Policy
+from watcher.cbr.ids import InvalidTaskIdError
+from watcher.engine.events import TaskEvent
+from watcher.engine.schedule import Policy
 from watcher.sim import FaultProfile, SimTaskSpec
-from watcher.task_ids import InvalidTaskIdError
 
 
 class Recorder:

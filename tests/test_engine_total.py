@@ -18,12 +18,12 @@ from tests.support import Running, World, make_engine, run_until
 from watcher.cbr.auth import TokenAuthenticator
 from watcher.cbr.client import CbrClient
 from watcher.cbr.models import OperationLog
-from watcher.engine import INVARIANT_CHECK_INTERVAL, Engine, WatchedTask
-from watcher.events import TaskEvent
-from watcher.metrics import Metrics
-from watcher.server import Health
+from watcher.delivery.recorder import StateRecorder
+from watcher.engine.engine import INVARIANT_CHECK_INTERVAL, Engine, WatchedTask
+from watcher.engine.events import TaskEvent
+from watcher.observe.metrics import Metrics
+from watcher.observe.server import Health
 from watcher.sim import SimTaskSpec, Simulator
-from watcher.state.recorder import StateRecorder
 from watcher.state.sqlite import Store
 from watcher.testing import FakeClock
 

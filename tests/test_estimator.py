@@ -7,8 +7,8 @@ from collections.abc import Callable
 
 import pytest
 
-from watcher import estimator
-from watcher.estimator import DEFAULT_TAIL, PLATEAU, RECENT, Estimate, TailPrior, Track
+from watcher.engine import estimator
+from watcher.engine.estimator import DEFAULT_TAIL, PLATEAU, RECENT, Estimate, TailPrior, Track
 
 Curve = Callable[[float], int]
 """Progress (0–100) at `t` seconds into the run."""

@@ -30,10 +30,10 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from watcher.cbr.models import OperationLog
-from watcher.engine import Engine
-from watcher.schedule import Policy
+from watcher.engine.engine import Engine
+from watcher.engine.schedule import Policy
+from watcher.sources.task_api.handlers import TaskApiRunner, make_task_api
 from watcher.state.sqlite import Store
-from watcher.task_api import TaskApiRunner, make_task_api
 from watcher.testing import FakeClock
 
 API_TOKEN = "fuzz-token"

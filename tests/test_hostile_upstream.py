@@ -14,12 +14,12 @@ import collections
 import pytest
 from structlog.testing import capture_logs
 
-import watcher.http
+import watcher.net.client
 from tests.support import World, make_engine
-from watcher.budget import SEND_JITTER_ALLOWANCE
-from watcher.engine import Engine
-from watcher.http import RETRY_AFTER_CAP
-from watcher.schedule import Policy
+from watcher.engine.budget import SEND_JITTER_ALLOWANCE
+from watcher.engine.engine import Engine
+from watcher.engine.schedule import Policy
+from watcher.net.client import RETRY_AFTER_CAP
 from watcher.sim import FaultProfile, SimTaskSpec
 from watcher.sim.faults import HOSTILE_FAULTS
 from watcher.testing import drive_until
@@ -121,7 +121,7 @@ async def test_an_absurd_retry_after_is_clamped_to_the_cap(
     world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Retry-After: 99999999999 waits the cap (an hour), not three thousand years; warned once."""
-    monkeypatch.setattr(watcher.http, "_clamp_warned", False)
+    monkeypatch.setattr(watcher.net.client, "_clamp_warned", False)
     task_id = world.sim.add_task(
         SimTaskSpec(
             id="huge-ra", waiting=5, running=600, faults=["throttle_odd:huge", "throttle_odd:huge"]

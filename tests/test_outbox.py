@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 
 from tests.test_webhooks import PROJECT, make_event
 from watcher.config import Settings
-from watcher.events import EVENT_TYPES, TASK_PROGRESS, TaskEvent
-from watcher.outbox import Outbox, Route, receiver_wants
+from watcher.delivery.outbox import Outbox, Route, receiver_wants
+from watcher.engine.events import EVENT_TYPES, TASK_PROGRESS, TaskEvent
 
 SUCCEEDED_BODY = (
     b'{"type":"task.succeeded","timestamp":"2026-01-01T00:00:00.250Z","data":{"task_id":"task-1",'

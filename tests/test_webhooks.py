@@ -18,12 +18,12 @@ from tests.daemon_process import run_cli
 from tests.support import TestReceiver
 from watcher.cbr.models import OperationLog
 from watcher.config import WebhookSettings
-from watcher.events import TaskEvent
-from watcher.outbox import Outbox
-from watcher.signing import sign, split_secrets, verify
+from watcher.delivery.outbox import Outbox
+from watcher.delivery.signing import sign, split_secrets, verify
+from watcher.delivery.webhooks import Deliverer, DeliveryObserver, NullObserver, Receiver
+from watcher.engine.events import TaskEvent
 from watcher.state.sqlite import Store
 from watcher.testing import FakeClock, drive_until
-from watcher.webhooks import Deliverer, DeliveryObserver, NullObserver, Receiver
 
 SECRET = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
 OLD_SECRET = "whsec_" + base64.b64encode(b"an older secret, being rotated..").decode()

@@ -20,10 +20,10 @@ from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, SecretStr
 
+from watcher.cbr.ids import TASK_ID_RULE, InvalidTaskIdError, is_valid_task_id, parse_task_file
+from watcher.config.durations import parse_duration
 from watcher.config.errors import Invalid
-from watcher.durations import parse_duration
-from watcher.events import EVENT_TYPES, TASK_PROGRESS
-from watcher.task_ids import TASK_ID_RULE, InvalidTaskIdError, is_valid_task_id, parse_task_file
+from watcher.engine.events import EVENT_TYPES, TASK_PROGRESS
 
 # Only named exactly: a glob such as "task.*" does not select it (SPEC §5).
 EXACT_ONLY_EVENT_TYPES: Final = frozenset({TASK_PROGRESS})

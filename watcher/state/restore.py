@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from watcher.engine import Engine
+from watcher.engine.engine import Engine
 from watcher.state.records import to_watched
 from watcher.state.sqlite import Store
 
