@@ -20,13 +20,13 @@ from watcher.config import (
     Settings,
     default_secrets_dirs,
     load_settings,
-    parse_listen,
     redact_url,
     render_effective,
     require_runnable,
 )
 from watcher.config.durations import DURATION_RULE
 from watcher.delivery.outbox import receiver_wants
+from watcher.net.listener import parse_listen
 
 WHSEC = "whsec_" + base64.b64encode(b"0123456789abcdef").decode()
 

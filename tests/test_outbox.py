@@ -9,6 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.test_webhooks import PROJECT, make_event
+from watcher.cli.wiring import build_outbox
 from watcher.config import Settings
 from watcher.delivery.outbox import Outbox, Route, receiver_wants
 from watcher.engine.events import EVENT_TYPES, TASK_PROGRESS, TaskEvent
@@ -111,7 +112,7 @@ def test_webhook_id_is_stable_from_task_and_type() -> None:
 def test_default_receivers_get_every_task_and_watch_event_but_progress() -> None:
     """The default `events` of a [[webhooks]] entry, as configured."""
     (receiver,) = Settings(webhooks=[{"name": "ops", "url": "https://x.example"}]).webhooks
-    outbox = Outbox.for_receivers([receiver], project_id=PROJECT)
+    outbox = build_outbox([receiver], project_id=PROJECT)
     routed = {t for t in EVENT_TYPES if outbox.receivers_for(t)}
     assert routed == set(EVENT_TYPES) - {TASK_PROGRESS, "test.ping"}
 

@@ -14,6 +14,7 @@ import pytest
 from tests.daemon_process import clean_env, run_cli
 from tests.support import World, make_engine, run_until
 from watcher.cbr.models import OperationLog
+from watcher.cli.restore import ENDED_TASK_RETENTION, restore
 from watcher.coverage.freshness import ResourceKey, ResourceStatus
 from watcher.delivery.outbox import Outbox, Route
 from watcher.delivery.recorder import StateRecorder
@@ -23,7 +24,6 @@ from watcher.safetext import json_bytes
 from watcher.sim import SimTaskSpec
 from watcher.sources.task_api.handlers import start_task_api
 from watcher.state.connection import Connection, StoreError
-from watcher.state.restore import ENDED_TASK_RETENTION, restore
 from watcher.state.rows import LastSuccess, OutboxEntry, TaskRecord
 from watcher.state.schema import SCHEMA_VERSION
 from watcher.state.sqlite import Store

@@ -14,10 +14,10 @@ import structlog
 
 from watcher.cbr.ids import InvalidTaskIdError, parse_task_file
 from watcher.cli.gc_tuning import GcTuner
-from watcher.cli.wiring import build_client, build_engine
+from watcher.cli.restore import restore
+from watcher.cli.wiring import build_client, build_engine, build_outbox
 from watcher.clock import Clock, RealClock
 from watcher.config import Settings
-from watcher.delivery.outbox import Outbox
 from watcher.delivery.payloads import rfc3339
 from watcher.delivery.recorder import StateRecorder
 from watcher.delivery.webhooks import Deliverer, Receiver
@@ -30,7 +30,6 @@ from watcher.sources.discovery import Discovery
 from watcher.sources.task_api.handlers import start_task_api
 from watcher.sources.task_file import TaskFileSource
 from watcher.state.records import to_watched
-from watcher.state.restore import restore
 from watcher.state.sqlite import Store
 
 log = structlog.get_logger("watcher.daemon")
@@ -103,7 +102,7 @@ async def run_daemon(
         )
         recorder = StateRecorder(
             store,
-            Outbox.for_receivers(settings.webhooks, project_id=settings.cbr.project_id),
+            build_outbox(settings.webhooks, project_id=settings.cbr.project_id),
             wake=deliverer.wake if deliverer is not None else None,
         )
         engine = build_engine(

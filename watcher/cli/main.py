@@ -16,11 +16,11 @@ from watcher.config import (
     ConfigError,
     Settings,
     load_settings,
-    parse_listen,
     render_effective,
     require_runnable,
 )
 from watcher.config.durations import parse_duration
+from watcher.net.listener import parse_listen
 from watcher.observe.logs import configure_logging
 from watcher.state.connection import StoreError
 

@@ -1,9 +1,10 @@
 """Building the parts `run` and `wait` share from configuration: authenticator, client,
-schedule policy and engine."""
+schedule policy, engine and the webhook outbox."""
 
 from __future__ import annotations
 
 import random
+from collections.abc import Iterable
 from pathlib import Path
 
 from watcher.cbr.aksk import AkSkAuthenticator
@@ -11,7 +12,8 @@ from watcher.cbr.auth import Authenticator, TokenAuthenticator
 from watcher.cbr.client import CbrClient, RequestObserver, make_ssl_context
 from watcher.cbr.iam import PasswordAuthenticator, TokenListener
 from watcher.clock import Clock, RealClock
-from watcher.config import Settings
+from watcher.config import Settings, WebhookSettings
+from watcher.delivery.outbox import Outbox, Route
 from watcher.engine import schedule
 from watcher.engine.engine import (
     Engine,
@@ -122,4 +124,13 @@ def build_client(
         ca_file=cbr.ca_file,
         max_connections=settings.watch.max_concurrency,
         observe=observe,
+    )
+
+
+def build_outbox(receivers: Iterable[WebhookSettings], *, project_id: str) -> Outbox:
+    """The outbox of the configured `[[webhooks]]`; `project_id` fills bodies whose CBR answer
+    names none."""
+    return Outbox(
+        (Route(receiver.name, tuple(receiver.events)) for receiver in receivers),
+        project_id=project_id,
     )

@@ -13,14 +13,25 @@ restart re-sends the same ID.
 
 from __future__ import annotations
 
+import fnmatch
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Final
 
-from watcher.config import WebhookSettings
-from watcher.config.types import event_matches
 from watcher.delivery.payloads import event_body, event_id
-from watcher.engine.events import TaskEvent
+from watcher.engine.events import TASK_PROGRESS, TaskEvent
 from watcher.state.rows import OutboxEntry
+
+# Only named exactly: a glob such as "task.*" does not select it.
+EXACT_ONLY_EVENT_TYPES: Final = frozenset({TASK_PROGRESS})
+
+
+def event_matches(event_type: str, pattern: str) -> bool:
+    """Whether `pattern` (an event type or a glob) selects `event_type`; exact-only types
+    need their full name."""
+    if event_type == pattern:
+        return True
+    return event_type not in EXACT_ONLY_EVENT_TYPES and fnmatch.fnmatchcase(event_type, pattern)
 
 
 def receiver_wants(patterns: Iterable[str], event_type: str) -> bool:
@@ -42,15 +53,6 @@ class Outbox:
     def __init__(self, routes: Iterable[Route], *, project_id: str) -> None:
         self.routes = tuple(routes)
         self._project_id = project_id
-
-    @classmethod
-    def for_receivers(cls, receivers: Iterable[WebhookSettings], *, project_id: str) -> Outbox:
-        """The outbox of the configured `[[webhooks]]`; `project_id` fills bodies whose CBR
-        answer names none."""
-        return cls(
-            (Route(receiver.name, tuple(receiver.events)) for receiver in receivers),
-            project_id=project_id,
-        )
 
     def receivers_for(self, event_type: str) -> list[str]:
         """The receivers that get events of `event_type`, in configuration order."""

@@ -11,7 +11,7 @@ from types import TracebackType
 from aiohttp import web
 
 from watcher.clock import Clock
-from watcher.delivery.signing import SignatureError, split_secrets, verify
+from watcher.delivery.signing import SignatureError, parse_whsec, verify
 from watcher.net.listener import HttpListener
 
 
@@ -31,7 +31,7 @@ class DemoReceiver:
 
     def __init__(self, clock: Clock) -> None:
         self.secret = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
-        self._keys = split_secrets(self.secret)
+        self._keys = parse_whsec(self.secret)
         self._clock = clock
         self.received: list[ReceivedWebhook] = []
         self.url = ""

@@ -7,11 +7,12 @@ who wants a reference). Tests check both against the independent `standardwebhoo
 from __future__ import annotations
 
 import base64
+import binascii
+import contextlib
 import hashlib
 import hmac
 from collections.abc import Sequence
-
-from watcher.config.types import parse_whsec
+from typing import Final
 
 DEFAULT_TOLERANCE = 300.0
 
@@ -20,10 +21,37 @@ class SignatureError(ValueError):
     """A webhook whose signature or timestamp does not check out."""
 
 
-def split_secrets(value: str) -> list[bytes]:
-    """The HMAC keys in one or more whitespace-separated "whsec_<base64>" secrets (several
-    while a secret is being rotated); ValueError, never naming the value, otherwise."""
-    return parse_whsec(value)
+WHSEC_PREFIX: Final = "whsec_"
+WHSEC_RULE: Final = '"whsec_" followed by base64'
+
+
+def parse_whsec(value: str) -> list[bytes]:
+    """The HMAC keys in `value`: one "whsec_<base64>" secret, or several separated by
+    whitespace while a secret is being rotated. Each must decode to at least one byte.
+
+    Raises ValueError naming the expected form, never the value.
+    """
+    keys: list[bytes] = []
+    for part in value.split():
+        key = b""
+        if part.startswith(WHSEC_PREFIX):
+            with contextlib.suppress(binascii.Error, ValueError):
+                key = base64.b64decode(part.removeprefix(WHSEC_PREFIX), validate=True)
+        if not key:
+            raise ValueError(f"a webhook secret must be {WHSEC_RULE}")
+        keys.append(key)
+    if not keys:
+        raise ValueError(f"a webhook secret must be {WHSEC_RULE}")
+    return keys
+
+
+def is_whsec(value: str) -> bool:
+    """Whether `parse_whsec(value)` accepts `value`."""
+    try:
+        parse_whsec(value)
+    except ValueError:
+        return False
+    return True
 
 
 def signature(key: bytes, msg_id: str, timestamp: int, body: bytes) -> str:

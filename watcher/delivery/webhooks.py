@@ -26,7 +26,7 @@ import structlog
 from watcher.clock import Clock
 from watcher.config import WebhookSettings
 from watcher.config.filevalue import FileValue
-from watcher.delivery.signing import sign, split_secrets
+from watcher.delivery.signing import parse_whsec, sign
 from watcher.engine.backoff import full_jitter
 from watcher.net.client import USER_AGENT, parse_retry_after
 from watcher.state.rows import PendingDelivery
@@ -117,9 +117,9 @@ class Receiver:
     def keys(self) -> list[bytes]:
         """Signing keys; empty means unsigned."""
         if self._secret_file is not None:
-            return split_secrets(self._secret_file.read())
+            return parse_whsec(self._secret_file.read())
         secret = self.settings.secret.get_secret_value()
-        return split_secrets(secret) if secret else []
+        return parse_whsec(secret) if secret else []
 
     def extra_headers(self) -> dict[str, str]:
         """The configured extra headers (e.g. Authorization)."""

@@ -9,11 +9,12 @@ through `HttpListener`. It writes no log line and no access log: each caller log
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from collections.abc import Callable
+from typing import Final
 
 from aiohttp import web
-
-from watcher.config import parse_listen
 
 DEFAULT_SHUTDOWN_TIMEOUT = 60.0
 """aiohttp's own default: seconds open requests get when the listener closes."""
@@ -25,6 +26,28 @@ RunnerFactory = Callable[..., web.AppRunner]
 def http_url(host: str, port: int) -> str:
     """http://host:port, with an IPv6 host in brackets."""
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+LISTEN_RULE: Final = "expected HOST:PORT such as 0.0.0.0:9471 or [::1]:9471"
+_LISTEN: Final = re.compile(r"(?:\[(?P<ipv6>[^\]]+)\]|(?P<host>[^\s:\[\]]*)):(?P<port>\d{1,5})")
+
+
+def parse_listen(value: str, *, default_host: str = "") -> tuple[str, int]:
+    """(host, port) from "HOST:PORT", "[IPv6]:PORT" (host without brackets) or ":PORT".
+
+    The one default-host rule: an empty HOST means `default_host`, which is "" — every
+    interface, as asyncio and aiohttp read it — unless the caller passes, say, "127.0.0.1".
+    Raises ValueError (LISTEN_RULE) otherwise.
+    """
+    match = _LISTEN.fullmatch(value)
+    if match is not None and int(match["port"]) <= 65535:
+        if match["ipv6"] is None:
+            return match["host"] or default_host, int(match["port"])
+        try:
+            return str(ipaddress.IPv6Address(match["ipv6"])), int(match["port"])
+        except ValueError:
+            pass
+    raise ValueError(LISTEN_RULE)
 
 
 def format_listen(host: str, port: int) -> str:
@@ -39,7 +62,7 @@ def _address_url(address: object) -> str:
 
 
 class HttpListener:
-    """One aiohttp app on one `HOST:PORT` (see `watcher.config.parse_listen`).
+    """One aiohttp app on one `HOST:PORT` (see `parse_listen`).
 
     An empty HOST means `default_host` ("" is every interface); port 0 picks a free port,
     and `url`/`urls`/`port` tell what was bound once `start()` returned.

@@ -16,7 +16,8 @@ from typing import Any, TextIO
 import aiohttp
 
 from watcher.cli.commands.wait_output import printable
-from watcher.config import ConfigError, Settings, parse_listen
+from watcher.config import ConfigError, Settings
+from watcher.net.listener import parse_listen
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
