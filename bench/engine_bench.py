@@ -579,7 +579,7 @@ async def _measure(cfg: BenchConfig, sim: SimProcess, ids: list[str], result: Be
                 exit_when_done=True,
                 rng=random.Random(cfg.seed),
             )
-            engine.budget = RecordingBudget(cfg.rps)
+            engine.scheduler.budget = RecordingBudget(cfg.rps)
             recorder.engine = engine
             result.watcher_rss_before_add_mib = round(proc_memory_kib()[0] / 1024, 1)
             added_at = time.monotonic()

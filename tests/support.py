@@ -68,7 +68,8 @@ def make_engine(world: World, **overrides: Any) -> Engine:
         "rng": random.Random(5),
     }
     options.update(overrides)
-    return Engine(client=world.client, clock=world.clock, **options)
+    options.setdefault("client", world.client)
+    return Engine(clock=world.clock, **options)
 
 
 class Running:

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
+from structlog.testing import capture_logs
 
 from tests.support import Running, World, make_engine, run_until
 from watcher.engine import schedule
@@ -374,22 +375,29 @@ async def test_a_long_task_costs_about_one_poll_per_progress_interval(world: Wor
     assert sum(reasons.values()) == requests - 1  # the final poll schedules nothing
 
 
-async def test_retry_after_near_the_end_is_honoured_by_the_engine(world: World) -> None:
-    """A 429 with Retry-After: 90 on the plateau: no request for 90 s, the end still seen."""
+async def test_retry_after_is_honoured_up_to_poll_interval_max(world: World) -> None:
+    """A 429 with Retry-After: 90 on the plateau, with poll_interval_max 60: no request for
+    60 s (not 90: no header stops the watching longer than a look may wait), one warning that
+    says so, and the end still seen."""
     task_id = world.sim.add_task(
         SimTaskSpec(id="thr-end", waiting=5, running=1800, progress_exponent=1.0)
     )
     engine = make_engine(world)
+    assert engine.policy.interval_max == 60
     engine.add(task_id)
-    async with Running(world, engine) as running:
-        await running.until(lambda: (engine.tasks[task_id].progress or 0) >= 99)
-        world.sim.faults.script(task_id, ["throttle:90"])
-        await running.until(engine.all_done)
+    with capture_logs() as logs:
+        async with Running(world, engine) as running:
+            await running.until(lambda: (engine.tasks[task_id].progress or 0) >= 99)
+            world.sim.faults.script(task_id, ["throttle:90"])
+            await running.until(engine.all_done)
     requests = [r for r in world.sim.request_log if r.task_id == task_id]
     throttled = next(n for n, r in enumerate(requests) if r.status == 429)
-    assert requests[throttled + 1].monotonic - requests[throttled].monotonic >= 90
+    gap = requests[throttled + 1].monotonic - requests[throttled].monotonic
+    assert 60 <= gap < 61
     assert engine.tasks[task_id].end_reason == "success"
     assert engine.stats.poll_reasons["retry_after"] == 1
+    clamped = [e for e in logs if e["event"] == "upstream.retry_after_clamped"]
+    assert [(e["retry_after_seconds"], e["clamped_to_seconds"]) for e in clamped] == [(90.0, 60)]
 
 
 async def test_metrics_explain_the_cadence(world: World) -> None:

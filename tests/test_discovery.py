@@ -141,7 +141,7 @@ async def test_first_start_looks_back_and_a_restart_resumes_from_the_cursor(
     store = await Store.open(path)
     try:
         engine = make_engine(world, on_event=events, retention=86_400)
-        engine.mark_ended([recent])  # what restore() would tell it from the state file
+        engine.remember_ended({recent: None})  # what restore() would tell it from the state file
         engine.add("old-and-running")
         finder = discovery(world, engine, store=store)
         async with Running(world, engine) as running:

@@ -187,7 +187,7 @@ async def test_status_follows_the_engine_at_most_once_a_second(
     assert receiver.pending() == []  # unchanged
 
     # FakeClock's wall time started at 2026-01-01T00:00:00Z, two seconds ago.
-    engine.upstream_failing_since = world.clock.monotonic() - 5
+    engine.upstream.failing_since = world.clock.monotonic() - 5
     world.clock.advance(STATUS_MIN_INTERVAL)
     notifier.tick()
     assert receiver.pending() == [

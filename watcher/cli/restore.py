@@ -41,7 +41,7 @@ async def restore(engine: Engine, store: Store, *, now: float) -> Restored:
         record.task_id: record.end_reason for record in records if record.end_reason is not None
     }
     ended = set(outcomes)
-    engine.mark_ended(outcomes)
+    engine.remember_ended(outcomes)
     resumed = [
         record.task_id
         for record in records

@@ -76,6 +76,10 @@ class Reason(StrEnum):
     """The estimated end has passed without an end: growing toward poll_interval_max."""
     STALLED = "stalled"
     """Progress stopped where the rate said it would move: growing toward poll_interval_max."""
+    SWEEP = "sweep"
+    """Refreshed by a listing that comes round again: the task's own look is only a backstop."""
+    HANDED_BACK = "handed_back"
+    """A refresh listing failed or missed the task: its own look, spread over an interval."""
     NO_RATE = "no_rate"
     """Running, but progress has not moved yet: half the time it has run, up to
     progress_interval (a task sitting at 0 % may leap at any moment, but rarely ends there)."""
