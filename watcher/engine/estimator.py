@@ -26,8 +26,7 @@ The model, and why:
 
 from __future__ import annotations
 
-from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import NamedTuple
 
 PLATEAU = 99
@@ -230,79 +229,3 @@ def estimate(
         stalled=stalled,
         on_plateau=False,
     )
-
-
-def tail_ratio(track: Track, *, ended_seen: float) -> float | None:
-    """The tail share a finished task really had (what `TailBand` bounds), from the track of
-    its last pending status and the poll that saw it ended; None without a plateau or when
-    the polls around the plateau's start or the end were too far apart to tell."""
-    plateau = track.plateau
-    if plateau is None:
-        return None
-    whole, recent = rates(track)
-    onset = (plateau.after + plateau.seen) / 2
-    ran = onset - min(_run_start(track, whole), onset)
-    if ran <= 0:
-        return None
-    end = (track.last_look + ended_seen) / 2
-    # Polls far apart at either end of the tail make the share a guess: learn only from tails
-    # measured to within LEARN_PRECISION of the run.
-    error = (plateau.seen - plateau.after + ended_seen - track.last_look) / 2
-    if error > LEARN_PRECISION * ran:
-        return None
-    return max(0.0, end - onset - _last_percent(plateau.progress, recent)) / ran
-
-
-LEARN_PRECISION = 0.02
-"""How precisely (share of the run before the plateau) a tail must be measured to be learned:
-a third of the built-in band's width."""
-LEARN_AFTER = 8
-"""Finished tasks of one operation type before their band replaces the built-in one."""
-LEARN_KEEP = 256
-"""Tail shares remembered per operation type (the most recent ones)."""
-LEARN_TYPES = 32
-"""Operation types remembered; a type beyond these uses the built-in band."""
-LEARN_QUANTILE = 0.02
-"""Share of the learned tails left outside the band at each side (one freak tail, say a
-commit that hung, must not widen every later window)."""
-
-
-@dataclass(slots=True)
-class TailPrior:
-    """What the tasks that ended in this process say about tails, per operation type.
-
-    Pure (no I/O, no clock) and bounded: `learn` when a task ends, `band` for the next estimate.
-    The learned band spans the learned shares (bar `LEARN_QUANTILE` at each side) widened by one
-    spacing between neighbouring samples, so it only narrows as evidence accumulates.
-    """
-
-    default: TailBand = DEFAULT_TAIL
-    _shares: dict[str, deque[float]] = field(default_factory=dict)
-
-    def learn(self, operation_type: str, track: Track | None, *, ended_seen: float) -> None:
-        """Record the tail of a task that just ended (ignored without a plateau)."""
-        share = tail_ratio(track, ended_seen=ended_seen) if track is not None else None
-        if share is None:
-            return
-        shares = self._shares.get(operation_type)
-        if shares is None:
-            if len(self._shares) >= LEARN_TYPES:
-                return
-            shares = self._shares[operation_type] = deque(maxlen=LEARN_KEEP)
-        shares.append(share)
-
-    def band(self, operation_type: str) -> TailBand:
-        """The band for the next task of `operation_type`."""
-        shares = self._shares.get(operation_type)
-        if shares is None or len(shares) < LEARN_AFTER:
-            return self.default
-        ordered = sorted(shares)
-        cut = int(LEARN_QUANTILE * len(ordered))
-        kept = ordered[cut : len(ordered) - cut]
-        margin = (kept[-1] - kept[0]) / max(len(kept) - 1, 1)
-        return TailBand(max(0.0, kept[0] - margin), kept[-1] + margin)
-
-    def learned(self, operation_type: str) -> int:
-        """How many tails of `operation_type` are remembered."""
-        shares = self._shares.get(operation_type)
-        return len(shares) if shares is not None else 0

@@ -13,9 +13,7 @@ The cadence of a task that reports progress (see `watcher.engine.estimator` for 
   has been making progress while the estimate is young (`estimate`);
 * closing in on the plateau (99 %), 0.7 × the time left to its earliest plausible start,
   but no tighter than the precision the tail estimate can use (`approach`);
-* on the plateau, the window is the tail band (built in, or learned by a
-  `watcher.engine.estimator.TailPrior` from the tasks that ended: `tail=`) plus what the samples
-  disagree on. Inside it (`near_end`) every 2.6 × `poll_interval_min` (the end is as likely
+* on the plateau, the window is the built-in tail band plus what the samples disagree on. Inside it (`near_end`) every 2.6 × `poll_interval_min` (the end is as likely
   anywhere in it, so that interval bounds the delay), tightening to `poll_interval_min` at
   the estimated end itself; before it, a wake-up at its start, never more than
   `poll_interval_max` apart on the plateau (`approach`);
@@ -49,7 +47,7 @@ from enum import StrEnum
 
 from watcher.engine import estimator
 from watcher.engine.backoff import capped_exponential, full_jitter
-from watcher.engine.estimator import DEFAULT_TAIL, Estimate, TailBand, Track
+from watcher.engine.estimator import Estimate, Track
 
 
 class Reason(StrEnum):
@@ -95,8 +93,6 @@ class Policy:
     not_found_grace: float = 120.0
     progress_interval: float = 120.0
     """A running task's progress is refreshed at least this often (far from its end)."""
-    progress_aware: bool = True
-    """False: the previous cadence (back to interval_min on every change), for comparison."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,23 +147,18 @@ def after_success(
     status: str | None = None,
     progress: int | None = None,
     now: float | None = None,
-    tail: TailBand | None = None,
 ) -> Decision:
     """A poll returned a pending task. `changed`: status or progress differs from the last look.
 
     With `status` and `now` (wall seconds) the progress samples drive the cadence (see the
-    module docstring); without them, or with `policy.progress_aware` off, the previous one.
-    `tail`: the band a `watcher.engine.estimator.TailPrior` learned for the task's operation type
-    (the built-in band when None).
+    module docstring); without them, the cadence for tasks without progress.
     """
-    if not policy.progress_aware or status is None or now is None:
+    if status is None or now is None:
         return _unchanged_or_changed(policy, state, changed=changed, rng=rng, track=None)
     track = estimator.observe(state.track, status=status, progress=progress, now=now)
     if track is None:
         return _unchanged_or_changed(policy, state, changed=changed, rng=rng, track=None)
-    estimate = estimator.estimate(
-        track, now, min_uncertainty=policy.interval_min, tail=tail or DEFAULT_TAIL
-    )
+    estimate = estimator.estimate(track, now, min_uncertainty=policy.interval_min)
     if estimate is None:
         if track.status != RUNNING:
             return _unchanged_or_changed(policy, state, changed=changed, rng=rng, track=track)
