@@ -12,12 +12,9 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterable
 
-from prometheus_client.metrics_core import GaugeMetricFamily, Metric
-
 from watcher.coverage.freshness import ResourceKey, ResourceStatus, merge
 from watcher.observe.metrics.constants import PREFIX, RESOURCE_LABELS
 from watcher.observe.metrics.text import Family, escape, header
-from watcher.safetext import clean
 
 LAST_SUCCESS = Family(
     PREFIX + "resource_last_success_timestamp_seconds",
@@ -125,28 +122,3 @@ class ResourceRenderer:
                 success_lines.append(f"{LAST_SUCCESS.name}{labels} {row.last_success_ended!r}\n")
             status_lines.append(f"{LAST_STATUS.name}{labels} {1 if row.succeeded else 0}\n")
         return "".join(success_lines).encode(), "".join(status_lines).encode()
-
-
-def resource_families(rows: tuple[ResourceStatus, ...]) -> list[Metric]:
-    """The same series as `ResourceRenderer`, as prometheus_client metric families."""
-    last_success = GaugeMetricFamily(
-        LAST_SUCCESS.name, LAST_SUCCESS.help, labels=list(RESOURCE_LABELS)
-    )
-    last_status = GaugeMetricFamily(
-        LAST_STATUS.name, LAST_STATUS.help, labels=list(RESOURCE_LABELS)
-    )
-    for row in rows:
-        values = [
-            clean(value)
-            for value in (
-                row.key.resource_id,
-                row.resource_name,
-                row.resource_type,
-                row.vault_id,
-                row.key.operation_type,
-            )
-        ]
-        if row.last_success_ended is not None:
-            last_success.add_metric(values, row.last_success_ended)
-        last_status.add_metric(values, 1 if row.succeeded else 0)
-    return [last_success, last_status]
