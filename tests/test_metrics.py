@@ -1,4 +1,5 @@
-"""Metrics (SPEC §7): names, types and labels, the per-task collector, retention and the cap.
+"""Metrics (docs/metrics.md): names, types and labels, the per-task collector, retention and
+the cap.
 
 The engine runs against the simulator on a fake clock; scrapes are parsed with
 prometheus_client's own parsers, so assertions are on what Prometheus would store.

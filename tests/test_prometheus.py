@@ -46,8 +46,8 @@ needs_prometheus = pytest.mark.skipif(
     PROMETHEUS is None, reason="prometheus (the server) is not installed"
 )
 
-SPEC_METRICS = {
-    # SPEC §7, as family names of the text format (counters with _total).
+DOCUMENTED_METRICS = {
+    # docs/metrics.md, as family names of the text format (counters with _total).
     "cbr_watcher_task_progress_ratio": "gauge",
     "cbr_watcher_task_status": "gauge",
     "cbr_watcher_task_info": "gauge",
@@ -327,8 +327,9 @@ def test_metric_names_are_found_in_expressions() -> None:
 async def test_live_scrape_is_lint_clean_and_has_every_metric(
     live: tuple[Simulator, DaemonProcess, str, Path],
 ) -> None:
-    """A daemon watching simulator tasks: `promtool check metrics` prints nothing, every SPEC
-    metric is there with its type, and every name the rules and the dashboard read exists."""
+    """A daemon watching simulator tasks: `promtool check metrics` prints nothing, every
+    documented metric is there with its type, and every name the rules and the dashboard read
+    exists."""
     assert PROMTOOL is not None
     sim, daemon, url, task_file = live
     watch(
@@ -375,7 +376,7 @@ async def test_live_scrape_is_lint_clean_and_has_every_metric(
     assert output.decode() == ""
 
     families = {family.name: family.type for family in text_string_to_metric_families(text)}
-    for name, kind in SPEC_METRICS.items():
+    for name, kind in DOCUMENTED_METRICS.items():
         family = name.removesuffix("_total") if kind == "counter" else name
         assert families.get(family) == kind, (name, families.get(family))
     assert any(name.startswith("process_") for name in families)
@@ -388,7 +389,7 @@ async def test_live_scrape_is_lint_clean_and_has_every_metric(
     assert used - live_names - recorded_names() == set()
     assert recorded_names() <= used  # each recording rule is read by an alert
 
-    # The freshness series of both finished tasks' resources, with every SPEC label.
+    # The freshness series of both finished tasks' resources, with every documented label.
     resources = {
         (s.name, s.labels["operation_type"]): s.value
         for family in text_string_to_metric_families(text)

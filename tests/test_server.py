@@ -1,4 +1,5 @@
-"""The metrics listener (SPEC §6): /metrics negotiation and gzip, /healthz, /readyz, no access log.
+"""The metrics listener (docs/metrics.md, "Endpoints"): /metrics negotiation and gzip, /healthz,
+/readyz, no access log.
 
 Real sockets on 127.0.0.1 with port 0; liveness is judged on a fake clock, so a "stalled"
 loop is a clock moved forward, not a real wait.

@@ -1,5 +1,5 @@
-"""Prometheus metrics (SPEC §7): collectors over the task table and the resource rows, plus
-the daemon's own counters.
+"""Prometheus metrics (see docs/metrics.md): collectors over the task table and the resource
+rows, plus the daemon's own counters.
 
 Per-task series (`cbr_watcher_task_*`) and the `cbr_watcher_tasks{status}` gauge are built on
 every scrape from one snapshot of the engine's task table: no per-task label children to create

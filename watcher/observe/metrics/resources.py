@@ -1,5 +1,6 @@
-"""Per-resource backup freshness (SPEC §7): what the newest finished task of each resource and
-operation type said, kept for the daemon's life (and restored from the state database).
+"""Per-resource backup freshness (see docs/metrics.md): what the newest finished task of each
+resource and operation type said, kept for the daemon's life (and restored from the state
+database).
 
 `ResourceBook` folds finished tasks in with `watcher.coverage.freshness.merge`, so the rules (newest
 task by end time decides the status; the last success only moves forward) live in one place.
