@@ -6,13 +6,14 @@ import asyncio
 import contextlib
 import random
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
+from watcher.cbr.auth import TokenAuthenticator
 from watcher.cbr.client import CbrClient
 from watcher.cli.daemon import DaemonHandle, run_daemon
 from watcher.clock import Clock
@@ -57,6 +58,25 @@ class World:
     base_url: str
     client: CbrClient
     token_file: Path
+
+
+@contextlib.asynccontextmanager
+async def open_world(tmp: Path, *, seed: int = 11) -> AsyncIterator[World]:
+    """A World on a new FakeClock; the client reads its token from `tmp/token`, which tests
+    rotate. The `world` fixture; hypothesis examples, which cannot take it, enter this."""
+    clock = FakeClock()
+    sim = Simulator(clock, tokens=["token-1"], seed=seed)
+    token_file = tmp / "token"
+    token_file.write_text("token-1\n")
+    async with sim.running() as base_url:
+        client = CbrClient(
+            endpoint=base_url,
+            project_id=sim.project_id,
+            auth=TokenAuthenticator(token_file=token_file),
+            clock=clock,
+        )
+        async with client:
+            yield World(clock, sim, base_url, client, token_file)
 
 
 def make_engine(world: World, **overrides: Any) -> Engine:
