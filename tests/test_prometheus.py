@@ -15,7 +15,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -27,7 +26,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.daemon_process import DaemonProcess, die_with_parent, spawned
-from tests.support import TestReceiver
+from tests.support import TestReceiver, free_port
 from tests.test_metrics import finished
 from watcher.clock import RealClock
 from watcher.observe.metrics import Metrics
@@ -109,12 +108,6 @@ async def eventually(
         if time.monotonic() > deadline:
             pytest.fail(f"timed out waiting for {what}")
         await asyncio.sleep(0.2)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def daemon_env(sim: Simulator, base_url: str, task_file: Path, receiver_url: str) -> dict[str, str]:
