@@ -723,6 +723,21 @@ def resource_labels(
     return labels
 
 
+def stored_row(
+    resource_id: str, last_status: str, last_ended: float, last_success_ended: float | None
+) -> ResourceStatus:
+    """A backup resource's row as the state database keeps it, named as `finished` names it."""
+    return ResourceStatus(
+        key=ResourceKey(resource_id, "backup"),
+        resource_name=f"name-of-{resource_id}",
+        resource_type="OS::Nova::Server",
+        vault_id="vault-1",
+        last_status=last_status,
+        last_ended=last_ended,
+        last_success_ended=last_success_ended,
+    )
+
+
 def finished(
     task_id: str,
     status: str,
@@ -854,24 +869,8 @@ def test_restored_rows_are_exported_and_merged_with_new_tasks() -> None:
     metrics.record_event(failed_before_restart)  # an event may beat the restore
     metrics.restore_resources(
         [
-            ResourceStatus(
-                key=ResourceKey("res-1", "backup"),
-                resource_name="name-of-res-1",
-                resource_type="OS::Nova::Server",
-                vault_id="vault-1",
-                last_status="success",
-                last_ended=JAN_1 + 100 * 60,
-                last_success_ended=JAN_1 + 100 * 60,
-            ),
-            ResourceStatus(
-                key=ResourceKey("res-2", "backup"),
-                resource_name="name-of-res-2",
-                resource_type="OS::Nova::Server",
-                vault_id="vault-1",
-                last_status="timeout",
-                last_ended=JAN_1 + 20 * 60,
-                last_success_ended=None,
-            ),
+            stored_row("res-1", "success", JAN_1 + 100 * 60, JAN_1 + 100 * 60),
+            stored_row("res-2", "timeout", JAN_1 + 20 * 60, None),
         ]
     )
     series = scrape(metrics)
@@ -903,15 +902,7 @@ def test_resource_series_are_capped_and_each_left_out_resource_counted_once() ->
     # Restoring more rows than the cap keeps the most recently ended ones.
     restored = Metrics(clock=FakeClock(), max_task_series=1)
     restored.restore_resources(
-        ResourceStatus(
-            key=ResourceKey(resource_id, "backup"),
-            resource_name=f"name-of-{resource_id}",
-            resource_type="OS::Nova::Server",
-            vault_id="vault-1",
-            last_status="success",
-            last_ended=ended,
-            last_success_ended=ended,
-        )
+        stored_row(resource_id, "success", ended, ended)
         for resource_id, ended in (("res-old", JAN_1), ("res-new", JAN_1 + 60))
     )
     series = scrape(restored)
