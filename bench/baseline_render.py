@@ -23,7 +23,7 @@ from watcher.observe.metrics import (
     Metrics,
     TaskSnapshot,
 )
-from watcher.observe.metrics.resources import LAST_STATUS, LAST_SUCCESS
+from watcher.observe.metrics.resources import LAST_STATUS, LAST_SUCCESS, label_values
 from watcher.observe.metrics.task_render import (
     ESTIMATED_END,
     INFO,
@@ -75,16 +75,7 @@ def resource_families(rows: tuple[ResourceStatus, ...]) -> list[Metric]:
     last_success = GaugeMetricFamily(LAST_SUCCESS.name, LAST_SUCCESS.help, labels=labels)
     last_status = GaugeMetricFamily(LAST_STATUS.name, LAST_STATUS.help, labels=labels)
     for row in rows:
-        values = [
-            clean(value)
-            for value in (
-                row.key.resource_id,
-                row.resource_name,
-                row.resource_type,
-                row.vault_id,
-                row.key.operation_type,
-            )
-        ]
+        values = [clean(value) for value in label_values(row)]
         if row.last_success_ended is not None:
             last_success.add_metric(values, row.last_success_ended)
         last_status.add_metric(values, 1 if row.succeeded else 0)

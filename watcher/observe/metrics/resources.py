@@ -74,16 +74,21 @@ class ResourceBook:
         return self._frozen
 
 
-def _label_text(row: ResourceStatus) -> str:
-    values = (
+def label_values(row: ResourceStatus) -> tuple[str, str, str, str, str]:
+    """The values of RESOURCE_LABELS for `row`, in that order (not escaped)."""
+    return (
         row.key.resource_id,
         row.resource_name,
         row.resource_type,
         row.vault_id,
         row.key.operation_type,
     )
+
+
+def _label_text(row: ResourceStatus) -> str:
     pairs = ",".join(
-        f'{name}="{escape(value)}"' for name, value in zip(RESOURCE_LABELS, values, strict=True)
+        f'{name}="{escape(value)}"'
+        for name, value in zip(RESOURCE_LABELS, label_values(row), strict=True)
     )
     return "{" + pairs + "}"
 
