@@ -14,7 +14,7 @@ from watcher.engine.engine import INTERNAL_COMPONENTS
 from watcher.engine.events import TaskEvent
 from watcher.engine.schedule import Reason
 from watcher.observe.metrics.accounting import account_finished
-from watcher.observe.metrics.collectors import EngineCounter, ExpositionCollector
+from watcher.observe.metrics.collectors import EngineCounter
 from watcher.observe.metrics.constants import EOF, PREFIX, WEBHOOK_OUTCOMES, WEBHOOK_RESULTS
 from watcher.observe.metrics.instruments import Instruments
 from watcher.observe.metrics.resources import ResourceBook, ResourceRenderer
@@ -74,10 +74,6 @@ class Metrics(Instruments):
         )
         self._task_renderer = TaskRenderer()
         self._resource_renderer = ResourceRenderer()
-        self.registry = CollectorRegistry()
-        """Every metric for prometheus_client's encoders: the exposition `render` writes, parsed
-        back (slow; the server uses `render`). Collect it on the event loop."""
-        self.registry.register(ExpositionCollector(lambda: self.render(OPENMETRICS)[0]))
 
     @property
     def retention(self) -> float:
