@@ -8,7 +8,7 @@ import signal
 import sys
 from pathlib import Path
 
-from watcher.sim.server import DEFAULT_LISTEN, run_simulator
+from watcher.sim.simulator import DEFAULT_LISTEN, run_simulator
 
 EX_CONFIG = 78
 

@@ -1,8 +1,8 @@
 """The simulator's state and behaviour: tasks, credentials, faults and the request log.
 
 Nothing here speaks HTTP or opens a socket: `watcher.sim.app` serves a `SimCore` over HTTP,
-`watcher.sim.serving` binds it to a socket, and `watcher.sim.simulator.Simulator` (the public
-class) adds both as methods. Keeping this module below them is what keeps the package free of
+and `watcher.sim.simulator` binds it to a socket and holds `Simulator` (the public class),
+which adds both as methods. Keeping this module below them is what keeps the package free of
 import cycles.
 """
 

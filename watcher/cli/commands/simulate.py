@@ -6,7 +6,7 @@ import asyncio
 import signal
 from pathlib import Path
 
-from watcher.sim.server import run_simulator
+from watcher.sim.simulator import run_simulator
 
 EXIT_OK = 0
 
