@@ -155,12 +155,17 @@ def check_log(log: OperationLog) -> None:
 
 
 def check_body(body: object) -> None:
-    """Either parser: a valid model, or MalformedBodyError and nothing else."""
+    """Either parser: a valid model, or MalformedBodyError and nothing else; a page accounts
+    for every entry sent, read or reported malformed."""
     for parse in (parse_show_body, parse_list_body):
         try:
             parsed: OperationLog | OpLogPage = parse(body)
         except MalformedBodyError:
             continue
+        if isinstance(parsed, OpLogPage):
+            assert isinstance(body, dict)
+            assert parsed.entries == len(body["operation_logs"])
+            assert not any(has_surrogates(str(bad)) for bad in parsed.malformed)
         logs = parsed.operation_logs if isinstance(parsed, OpLogPage) else [parsed]
         for log in logs:
             check_log(log)
