@@ -6,10 +6,14 @@ checks what a client sees on the wire, and that the watcher's own client still r
 
 from __future__ import annotations
 
+import asyncio
+import io
 import re
+import sys
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -17,15 +21,19 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.daemon_process import clean_env, spawned
 from tests.support import World
-from tests.test_sim import PID, Api, assert_cbr_headers
+from tests.test_sim import PID, Api, assert_cbr_headers, until
+from tests.test_simulate_command import free_port
 from watcher.cbr.errors import FatalError
 from watcher.cbr.models import parse_list_body, parse_show_body
 from watcher.sim import PRESETS, Dialect, FaultProfile, PolicySpec, SimTaskSpec, Simulator
+from watcher.sim.__main__ import main as sim_main
 from watcher.sim.bodies import operation_log
 from watcher.sim.dialects import DEFAULT_DIALECT, dialect_from_mapping, preset
 from watcher.sim.listing import parse_list_query, select
 from watcher.sim.scenario import parse_scenario
+from watcher.sim.simulator import run_simulator
 from watcher.sim.tasks import OUTCOMES, task_state
 from watcher.testing import FakeClock
 
@@ -322,7 +330,7 @@ async def test_control_api_rejects_bad_dialects(
     assert sim.dialect == Dialect()
 
 
-# -- presets and scenarios ------------------------------------------------------------------
+# -- presets, scenarios and the command line ------------------------------------------------
 
 
 def test_presets() -> None:
@@ -361,6 +369,59 @@ def test_scenario_dialect_table(clock: FakeClock) -> None:
         parse_scenario({"dialect": {"timestamp": "Z"}})
     with pytest.raises(ValueError, match="dialect: retry_after must be one of fault"):
         parse_scenario({"dialect": {"retry_after": "sometimes"}})
+
+
+async def banner(path: Path, clock: FakeClock, dialect: Dialect | None) -> str:
+    """The line `run_simulator` prints for the scenario at `path`, once it listens."""
+    stop = asyncio.Event()
+    out = io.StringIO()
+    runner = asyncio.ensure_future(
+        run_simulator("127.0.0.1:0", path, stop, clock, out=out, dialect=dialect)
+    )
+    await until(lambda: bool(out.getvalue()) or runner.done())
+    stop.set()
+    await runner
+    return out.getvalue().rstrip()
+
+
+async def test_run_simulator_dialect_replaces_the_scenario_s(
+    clock: FakeClock, tmp_path: Path
+) -> None:
+    path = tmp_path / "s.toml"
+    path.write_text(
+        '[dialect]\ncount = "page"\nlimit_cap = 5\n[[tasks]]\nid = "t"\n', encoding="utf-8"
+    )
+    assert (await banner(path, clock, None)).endswith(" dialect=count:page,limit_cap:5")
+    assert (await banner(path, clock, PRESETS["no-list"])).endswith(" dialect=no-list")
+
+
+def test_module_entry_point_rejects_an_unknown_dialect(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        sim_main(["--listen", "127.0.0.1:0", "--dialect", "klingon"])
+    assert exited.value.code == 2
+    assert "worst-case" in capsys.readouterr().err
+
+
+async def test_simulate_command_takes_a_dialect() -> None:
+    """`cbr-watcher simulate --dialect worst-case` serves zoneless bodies with nulls."""
+    listen = f"127.0.0.1:{free_port()}"
+    args = ("-m", "watcher", "simulate", "--listen", listen, "--dialect", "worst-case")
+    async with spawned(sys.executable, *args, env=clean_env()) as proc:
+        assert proc.stdout is not None
+        banner = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
+        assert banner.rstrip().endswith("dialect=worst-case")
+        token = banner.split("token=")[1].split()[0]
+        base = f"http://{listen}/v3/{PID}/operation-logs"
+        async with aiohttp.ClientSession() as http:
+            answer = await http.get(base, headers={"X-Auth-Token": token})
+            body = await answer.json()
+        assert body["count"] == len(body["operation_logs"])
+        assert SPELLINGS["zoneless"].fullmatch(body["operation_logs"][0]["created_at"])
+        assert all("policy_id" in log for log in body["operation_logs"])
+        proc.terminate()
+        assert await asyncio.wait_for(proc.wait(), 30) == 0
 
 
 # -- every dialect, every outcome: what the client reads is what the simulator meant --------

@@ -24,6 +24,7 @@ from watcher.clock import Clock, RealClock
 from watcher.net.listener import HttpListener, format_listen, http_url, parse_listen
 from watcher.sim.app import make_app
 from watcher.sim.core import DEFAULT_PROJECT_ID, DEFAULT_TOKENS, SimCore, SimRequest
+from watcher.sim.dialects import Dialect
 
 __all__ = [
     "DEFAULT_LISTEN",
@@ -118,11 +119,13 @@ async def run_simulator(
     clock: Clock | None = None,
     *,
     out: TextIO | None = None,
+    dialect: Dialect | None = None,
 ) -> None:
     """Serve a scenario (the built-in demo when None) until `stop` is set.
 
-    Prints one line with the base URL, project ID and token to use once listening.
-    Raises ValueError for a bad listen address or scenario, OSError if the port is taken.
+    `dialect`, when given, replaces the scenario's own. Prints one line with the base URL,
+    project ID, token and dialect once listening. Raises ValueError for a bad listen
+    address or scenario, OSError if the port is taken.
     """
     from watcher.sim.scenario import builtin_scenario, load_scenario
 
@@ -131,12 +134,15 @@ async def run_simulator(
     except ValueError as error:
         raise ValueError(f"invalid listen address {listen!r}: {error}") from None
     loaded = load_scenario(scenario) if scenario is not None else builtin_scenario("demo")
+    if dialect is not None:
+        loaded.dialect = dialect
     sim = loaded.build(clock or RealClock())
     async with sim.running(host, port) as base_url:
         token = loaded.tokens[0] if loaded.tokens else "(none accepted)"
         print(
             f"CBR simulator listening: endpoint={base_url} project_id={sim.project_id} "
-            f"token={token} tasks={len(sim.tasks)} control={base_url}/_sim/",
+            f"token={token} tasks={len(sim.tasks)} control={base_url}/_sim/ "
+            f"dialect={sim.dialect.summary()}",
             file=out or sys.stdout,
             flush=True,
         )
