@@ -276,7 +276,7 @@ async def test_listing_can_be_revoked_and_restored_mid_run(sim: Simulator, api: 
     assert (status, body["list_forbidden"], body["count"]) == (200, True, "page")
     assert (await api.list())[0] == 403
     assert (await api.show("t"))[0] == 200
-    status, body = await api.control("PUT", "/_sim/dialect", {"list_forbidden": False})
+    assert (await api.control("PUT", "/_sim/dialect", {"list_forbidden": False}))[0] == 200
     assert (await api.list())[0] == 200
     assert await api.control("PUT", "/_sim/dialect", {"preset": "default"}) == (
         200,
