@@ -164,8 +164,8 @@ def check_body(body: object) -> None:
             continue
         if isinstance(parsed, OpLogPage):
             assert isinstance(body, dict)
-            assert parsed.entries == len(body["operation_logs"])
-            assert not any(has_surrogates(str(bad)) for bad in parsed.malformed)
+            assert parsed.returned == len(body["operation_logs"])
+            assert not any(has_surrogates(reason) for reason in parsed.malformed)
         logs = parsed.operation_logs if isinstance(parsed, OpLogPage) else [parsed]
         for log in logs:
             check_log(log)

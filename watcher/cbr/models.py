@@ -426,35 +426,23 @@ def _compact(raw: Mapping[str, Any]) -> bytes | dict[str, Any]:
         return dict(raw)
 
 
-@dataclass(frozen=True, slots=True)
-class MalformedEntry:
-    """A ListOpLogs entry that could not be read: its place on the page, its ID when at least
-    that could be read, and a short reason. `str()` gives all three, for a log line."""
-
-    position: int
-    reason: str
-    task_id: str | None = None
-
-    def __str__(self) -> str:
-        named = f" (id {self.task_id!r})" if self.task_id is not None else ""
-        return f"entry {self.position}{named}: {self.reason}"
-
-
 @dataclass(slots=True)
 class OpLogPage:
     """One page of ListOpLogs: the logs that could be read, the `count` (and the echoed `limit`
-    and `offset`) CBR reported, and the entries that could not be read, in page order."""
+    and `offset`) CBR reported, and why each entry that could not be read was left out."""
 
     operation_logs: list[OperationLog]
     count: int | None = None
     limit: int | None = None
     offset: int | None = None
-    malformed: list[MalformedEntry] = field(default_factory=list)
+    malformed: list[str] = field(default_factory=list)
+    """One short reason per unreadable entry, in page order, naming its place on the page and
+    its ID when at least that could be read: `entry 2 (id 'x'): status: ...`."""
 
     @property
-    def entries(self) -> int:
-        """How many entries CBR sent on this page, readable or not: what the next `offset`
-        moves on by, and 0 only for a page that really is empty."""
+    def returned(self) -> int:
+        """How many entries CBR returned on this page, readable or not: what the next
+        `offset` moves on by, and 0 only for a page that really is empty."""
         return len(self.operation_logs) + len(self.malformed)
 
 
@@ -478,16 +466,15 @@ def parse_list_body(body: object) -> OpLogPage:
     if not isinstance(body, dict) or not isinstance(body.get("operation_logs"), list):
         raise MalformedBodyError("body has no 'operation_logs' list")
     logs: list[OperationLog] = []
-    malformed: list[MalformedEntry] = []
+    malformed: list[str] = []
     for position, item in enumerate(body["operation_logs"]):
         if not isinstance(item, dict):
-            reason = f"{_json_type(item)} instead of an operation log object"
-            malformed.append(MalformedEntry(position, reason))
+            malformed.append(f"entry {position}: {_json_type(item)}, not an operation log")
             continue
         try:
             logs.append(OperationLog.from_raw(item))
         except MalformedBodyError as error:
-            malformed.append(MalformedEntry(position, str(error), _entry_id(item)))
+            malformed.append(f"entry {position}{_entry_id(item)}: {error}")
 
     def as_int(key: str) -> int | None:
         value = body.get(key)
@@ -515,7 +502,8 @@ def _json_type(value: object) -> str:
     return "an array" if isinstance(value, list) else type(value).__name__
 
 
-def _entry_id(raw: Mapping[str, Any]) -> str | None:
-    """The `id` of an unreadable entry when it is text, cut to a task ID's longest length."""
+def _entry_id(raw: Mapping[str, Any]) -> str:
+    """` (id '…')` for an unreadable entry whose `id` is text (cut to a task ID's longest
+    length), else nothing."""
     value = raw.get("id")
-    return clean(value[:_MAX_ID_SHOWN]) if isinstance(value, str) else None
+    return f" (id {clean(value[:_MAX_ID_SHOWN])!r})" if isinstance(value, str) else ""
