@@ -20,7 +20,7 @@ from watcher.sim import FaultProfile, SimTaskSpec, Simulator, builtin_scenario, 
 from watcher.sim.__main__ import main as sim_main
 from watcher.sim.faults import HOSTILE_FAULTS, FaultInjector, parse_fault
 from watcher.sim.scenario import parse_scenario
-from watcher.sim.server import run_simulator
+from watcher.sim.simulator import run_simulator
 from watcher.sim.tasks import TAIL_START
 from watcher.testing import FakeClock
 

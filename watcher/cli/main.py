@@ -84,6 +84,18 @@ def label(text: str) -> tuple[str, str]:
     return key, value
 
 
+def dialect_name(text: str) -> str:
+    """argparse `type=` for `simulate --dialect`: the name of a simulator dialect preset."""
+    # Imported here: the simulator is only loaded by the commands that run it.
+    from watcher.sim.dialects import PRESETS
+
+    if text not in PRESETS:
+        raise argparse.ArgumentTypeError(
+            f"unknown dialect {text!r}: expected one of {', '.join(PRESETS)}"
+        )
+    return text
+
+
 def _add_client_commands(commands: Any) -> None:
     """The `wait`, `tasks` and `dead-letters` subcommands."""
     wait = commands.add_parser(
@@ -170,6 +182,13 @@ def build_parser() -> argparse.ArgumentParser:
     simulate = commands.add_parser("simulate", help="run the CBR simulator alone")
     simulate.add_argument("--listen", default="127.0.0.1:9473", metavar="HOST:PORT")
     simulate.add_argument("--scenario", type=Path, help="scenario TOML file")
+    simulate.add_argument(
+        "--dialect",
+        type=dialect_name,
+        metavar="NAME",
+        help="a preset answer to what the CBR API reference leaves open, such as examples or "
+        "worst-case (replaces the scenario's; an unknown name lists them)",
+    )
 
     hook = commands.add_parser("webhook-test", help="send a signed test.ping to a receiver")
     hook.add_argument("name", metavar="NAME", help="the receiver's name in [[webhooks]]")
@@ -269,7 +288,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         configure_logging(level="info", fmt="auto")
         try:
-            return asyncio.run(run_simulate_command(args.listen, args.scenario))
+            return asyncio.run(run_simulate_command(args.listen, args.scenario, args.dialect))
         except ValueError as error:
             print(f"cbr-watcher: configuration error: {error}", file=sys.stderr)
             return EXIT_CONFIG

@@ -1,4 +1,5 @@
-"""Scenario files: a seed, credentials, a fault profile, tasks and backup policies, in TOML.
+"""Scenario files: a seed, credentials, a fault profile, a dialect, tasks and backup policies,
+in TOML.
 
 ```toml
 seed = 7
@@ -17,6 +18,15 @@ security_token = ""                               # set: a temporary key
 error_rate = 0.05
 hostile_rate = 0.0                                # opt-in: hostile bodies and headers
 reused_reset_rate = 0.0                           # opt-in: drop requests on reused connections
+[dialect]                                         # optional: where the API reference is silent
+preset = "default"                                # start from a preset (see dialects.PRESETS)
+count = "total"                                   # ListOpLogs count: "total" | "page"
+limit_cap = 100                                   # at most this many entries per page
+timestamps = "task"                               # "task" | "Z" | "+00:00" | "zoneless"
+null_policy = false                               # "policy_id": null when a task has none
+null_vault_for = ["restore", "vault_delete"]      # vault_id/vault_name null for these types
+retry_after = "fault"                             # 429 Retry-After: "fault" | "never" | "always"
+list_forbidden = false                            # ListOpLogs answers 403 APIGW.0302
 [[tasks]]
 id = "backup-ecs-0001"                            # optional
 operation_type = "backup"
@@ -60,6 +70,11 @@ defences, each against one request: `reset:reused` (dropped on a reused keep-ali
 `surrogate:status` (lone UTF-16 surrogates in text fields) and
 `throttle_odd:minus0000|superscript|huge|garbage|rfc850|asctime` (429 with an odd
 `Retry-After`). See `watcher.sim.faults.Fault` for exactly what each sends.
+
+`[dialect]` picks an answer to each question the official API reference leaves open; every
+key is optional, and without the table the simulator speaks `Dialect()`. See
+`watcher.sim.dialects` for what each key changes on the wire. `PUT /_sim/dialect` changes it
+at run time.
 """
 
 from __future__ import annotations
@@ -81,6 +96,7 @@ from watcher.sim.auth import (
     token_lifetime_from,
     users_from,
 )
+from watcher.sim.dialects import DEFAULT_DIALECT, Dialect, dialect_from_mapping
 from watcher.sim.faults import FaultProfile
 from watcher.sim.policies import PolicySpec
 from watcher.sim.simulator import DEFAULT_PROJECT_ID, DEFAULT_TOKENS, Simulator
@@ -98,6 +114,7 @@ SCENARIO_KEYS = frozenset(
         "users",
         "access_keys",
         "token_lifetime",
+        "dialect",
     }
 )
 
@@ -115,6 +132,7 @@ class Scenario:
     users: list[User] = field(default_factory=list)
     access_keys: list[AccessKey] = field(default_factory=list)
     token_lifetime: float = DEFAULT_TOKEN_LIFETIME
+    dialect: Dialect = DEFAULT_DIALECT
 
     def build(self, clock: Clock) -> Simulator:
         """A Simulator on `clock` holding this scenario's tasks, all created now, and its
@@ -128,6 +146,7 @@ class Scenario:
             users=self.users,
             access_keys=self.access_keys,
             token_lifetime=self.token_lifetime,
+            dialect=self.dialect,
         )
         sim.add_tasks(self.tasks)
         sim.add_policies(self.policies)
@@ -153,6 +172,8 @@ def parse_scenario(data: Mapping[str, Any]) -> Scenario:
     _parse_credentials(data, scenario)
     if "faults" in data:
         scenario.faults = profile_from_mapping(data["faults"], "faults")
+    if "dialect" in data:
+        scenario.dialect = dialect_from_mapping(data["dialect"], "dialect")
     tasks = data.get("tasks", [])
     if not isinstance(tasks, list):
         raise ValueError("tasks: expected an array of tables ([[tasks]])")
