@@ -476,6 +476,19 @@ async def test_list_backups_sorts_filters_and_pages(
     assert {item["created_at"][:10] for item in window["backups"]} == {"2026-01-02"}
 
 
+async def test_each_new_run_shows_up_in_a_resources_backups(
+    sim: Simulator, clock: FakeClock, api: Api
+) -> None:
+    sim.add_policy(daily())
+    resource_id = sim.inventory.resource("ecs-v1-0001").id
+    seen = []
+    for _ in range(3):
+        clock.advance(DAY)
+        body = await listed(api, "backups", resource_id=resource_id, status="available")
+        seen.append(body["count"])
+    assert seen == [1, 2, 3]
+
+
 @pytest.mark.parametrize(
     "sort", ["size", "created_at:up", "created_at;desc", "created_at:desc,," + "x" * 300]
 )

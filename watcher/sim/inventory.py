@@ -50,9 +50,9 @@ from watcher.cbr.ids import validate_task_id
 from watcher.clock import Clock
 from watcher.config.durations import parse_duration
 from watcher.sim import bodies
-from watcher.sim.listing import ALL_GRANTED_EPS, parse_list_query
+from watcher.sim.listing import ALL_GRANTED_EPS, NewestFirst, parse_list_query
 from watcher.sim.policies import PolicyResource, PolicySchedule, skip_from_mapping
-from watcher.sim.tasks import NAME_PREFIX, PROVIDERS, SimTask, random_uuid, task_state
+from watcher.sim.tasks import NAME_PREFIX, PROVIDERS, SimTask, random_uuid, status_at, task_state
 
 if TYPE_CHECKING:
     from watcher.sim.core import SimCore
@@ -303,6 +303,21 @@ class SimBackup:
         return (value is not None, value if value is not None else 0.0)
 
 
+class BackupTasks:
+    """The backup tasks among the simulator's tasks, all and by resource ID, newest first.
+
+    Built again only when tasks were added: a coverage check asks ListBackups about one
+    resource after another, and a fleet holds tens of thousands of tasks.
+    """
+
+    def __init__(self, listing: NewestFirst) -> None:
+        self.size = len(listing)
+        self.all = [task for task in listing.tasks if task.spec.operation_type == "backup"]
+        self.by_resource: dict[str, list[SimTask]] = {}
+        for task in self.all:
+            self.by_resource.setdefault(task.resource_id, []).append(task)
+
+
 class Inventory:
     """The vaults and the backups made before the start; the rest is derived from the
     simulator's tasks and policies when asked."""
@@ -313,7 +328,15 @@ class Inventory:
         self._vaults: list[SimVault] = []
         self._vault_refs: dict[str, SimVault] = {}
         self._resource_refs: dict[str, SimResource] = {}
+        self._backup_tasks: BackupTasks | None = None
         self.backups: list[SimBackup] = []
+
+    def backup_tasks(self, listing: NewestFirst) -> BackupTasks:
+        """The backup tasks of `listing` (every task, in ListOpLogs order), kept until more
+        tasks are added; tasks are never removed, so the count tells."""
+        if self._backup_tasks is None or self._backup_tasks.size != len(listing):
+            self._backup_tasks = BackupTasks(listing)
+        return self._backup_tasks
 
     @property
     def vaults(self) -> Sequence[SimVault]:
@@ -432,14 +455,19 @@ class Inventory:
         return [backup.id for backup in made]
 
 
+def backup_status(task: SimTask, now: float) -> str | None:
+    """The status of the backup a backup task has made by `now` (None: no backup)."""
+    if not task.visible(now):
+        return None
+    return _BACKUP_STATUS_OF_TASK.get(status_at(task, now))
+
+
 def task_backup(task: SimTask, now: float, sizes: Mapping[str, int]) -> SimBackup | None:
     """The backup a backup task has made by `now`, if any."""
-    if task.spec.operation_type != "backup" or not task.visible(now):
-        return None
-    state = task_state(task, now)
-    status = _BACKUP_STATUS_OF_TASK.get(state.status)
+    status = backup_status(task, now) if task.spec.operation_type == "backup" else None
     if status is None:
         return None
+    state = task_state(task, now)
     return SimBackup(
         id=task.backup_id,
         # The name ShowOpLog gives this backup in `extra_info.backup.backup_name`.
@@ -461,13 +489,22 @@ def task_backup(task: SimTask, now: float, sizes: Mapping[str, int]) -> SimBacku
     )
 
 
-def all_backups(sim: SimCore, now: float) -> list[SimBackup]:
-    """Every backup at `now`: the scenario's and every backup task's."""
-    sizes = {
-        resource.id: resource.size for vault in sim.inventory.vaults for resource in vault.resources
-    }
-    made = (task_backup(task, now, sizes) for task in sim.listing().tasks)
-    return [*sim.inventory.backups, *(backup for backup in made if backup is not None)]
+def all_backups(sim: SimCore, now: float, resource_id: str | None = None) -> list[SimBackup]:
+    """Every backup at `now` (of one resource, when given): the scenario's and every backup
+    task's."""
+    sizes = resource_sizes(sim)
+    tasks = sim.inventory.backup_tasks(sim.listing())
+    candidates = tasks.all if resource_id is None else tasks.by_resource.get(resource_id, [])
+    made = (task_backup(task, now, sizes) for task in candidates)
+    return [
+        *(item for item in sim.inventory.backups if resource_id in (None, item.resource_id)),
+        *(backup for backup in made if backup is not None),
+    ]
+
+
+def resource_sizes(sim: SimCore) -> dict[str, int]:
+    """Each vault resource's size (GB) by its ID."""
+    return {item.id: item.size for vault in sim.inventory.vaults for item in vault.resources}
 
 
 def listed_policies(sim: SimCore) -> list[PolicySchedule]:
@@ -716,7 +753,7 @@ def select_backups(
     fields = {name: value for name in names if (value := _given(query, name)) is not None}
     image_type = _given(query, "image_type")
     out = []
-    for backup in all_backups(sim, now):
+    for backup in all_backups(sim, now, _given(query, "resource_id")):
         if wanted and backup.status not in wanted:
             continue
         if any(getattr(backup, name) != value for name, value in fields.items()):
@@ -736,14 +773,19 @@ def select_backups(
     return out
 
 
-def backup_stats(backups: Iterable[SimBackup]) -> tuple[Counter[str], Counter[str]]:
-    """Per resource ID: how many available backups it has, and their total size (GB)."""
+def backup_stats(sim: SimCore, now: float) -> tuple[Counter[str], Counter[str]]:
+    """Per resource ID: how many available backups it has at `now`, and their size (GB)."""
     counts: Counter[str] = Counter()
     sizes: Counter[str] = Counter()
-    for backup in backups:
+    resource_size = resource_sizes(sim)
+    for backup in sim.inventory.backups:
         if backup.status == "available":
             counts[backup.resource_id] += 1
             sizes[backup.resource_id] += backup.resource_size
+    for task in sim.inventory.backup_tasks(sim.listing()).all:
+        if backup_status(task, now) == "available":
+            counts[task.resource_id] += 1
+            sizes[task.resource_id] += resource_size.get(task.resource_id, DEFAULT_RESOURCE_SIZE)
     return counts, sizes
 
 
@@ -784,7 +826,7 @@ class _InventoryApi:
             limit, offset, page = page_of(found, request.query)
         except ValueError as error:
             return _json(400, bodies.bad_parameter(str(error)))
-        counts, sizes = backup_stats(all_backups(sim, sim.clock.wall()))
+        counts, sizes = backup_stats(sim, sim.clock.wall())
         vaults = [vault_body(vault, sim.project_id, counts, sizes) for vault in page]
         return _json(200, {"vaults": vaults, "count": len(found), "limit": limit, "offset": offset})
 
