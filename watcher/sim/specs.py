@@ -168,6 +168,17 @@ def profile_from_mapping(data: object, where: str = "faults") -> FaultProfile:
         raise ValueError(f"{where}: {error}") from None
 
 
+_POLICY_SCHEDULE: dict[str, Callable[[object], object]] = {
+    "pattern": parse_pattern,
+    "vaults": parse_vault_refs,
+    "skip": parse_skips,
+    "enabled": _boolean,
+}
+_POLICY_NULLABLE = frozenset(
+    {"id", "name", "runs", "vault_id", "vault_name", "provider_id", "style"}
+)
+
+
 def _policy_converter(key: str) -> Callable[[object], object]:
     if key in _POLICY_DURATIONS:
         return parse_duration
@@ -177,12 +188,7 @@ def _policy_converter(key: str) -> Callable[[object], object]:
         return _integer
     if key == "id":
         return validate_task_id
-    return {
-        "pattern": parse_pattern,
-        "vaults": parse_vault_refs,
-        "skip": parse_skips,
-        "enabled": _boolean,
-    }.get(key, _text)
+    return _POLICY_SCHEDULE.get(key, _text)
 
 
 def policy_from_mapping(data: object, where: str = "policy") -> PolicySpec:
@@ -195,15 +201,7 @@ def policy_from_mapping(data: object, where: str = "policy") -> PolicySpec:
         if key not in POLICY_KEYS:
             known = ", ".join(sorted(POLICY_KEYS))
             raise ValueError(f"{where}.{key}: unknown key (known: {known})")
-        if raw is None and key in {
-            "id",
-            "name",
-            "runs",
-            "vault_id",
-            "vault_name",
-            "provider_id",
-            "style",
-        }:
+        if raw is None and key in _POLICY_NULLABLE:
             continue
         try:
             values[key] = _policy_converter(key)(raw)
