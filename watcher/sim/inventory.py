@@ -90,7 +90,7 @@ _VAULT_KEYS = frozenset(
 )
 _BACKUP_KEYS = frozenset({"resource", "age", "status"})
 
-_Spec = TypeVar("_Spec")
+_T = TypeVar("_T")
 
 
 # -- what a scenario or the control API asks for --------------------------------------------
@@ -601,7 +601,7 @@ def policy_body(policy: PolicySchedule, sim: SimCore) -> dict[str, Any]:
     return {
         "enabled": spec.enabled,
         "id": policy.id,
-        "name": spec.name or f"policy-{policy.id[:8]}",
+        "name": spec.name or policy.id,
         "operation_definition": definition,
         "operation_type": spec.operation_type,
         "trigger": {
@@ -670,7 +670,7 @@ def _project_matches(query: Mapping[str, str], enterprise_project_id: str) -> bo
     return wanted in (None, ALL_GRANTED_EPS, enterprise_project_id)
 
 
-def page_of(items: list[_Spec], query: Mapping[str, str]) -> tuple[int, int, list[_Spec]]:
+def page_of(items: list[_T], query: Mapping[str, str]) -> tuple[int, int, list[_T]]:
     """(limit, offset, the page of `items`) as ListOpLogs validates and applies them."""
     paging = parse_list_query({key: query[key] for key in ("limit", "offset") if key in query})
     return paging.limit, paging.offset, items[paging.offset : paging.offset + paging.limit]
@@ -895,8 +895,8 @@ class _InventoryApi:
 
 async def _add(
     request: web.Request,
-    parse: Callable[[object, str], _Spec],
-    add: Callable[[list[_Spec]], list[str]],
+    parse: Callable[[object, str], _T],
+    add: Callable[[list[_T]], list[str]],
     kind: str,
 ) -> web.StreamResponse:
     try:
