@@ -343,7 +343,7 @@ async def test_wrong_project_is_403(sim: Simulator, api: Api) -> None:
 
 
 async def test_unknown_api_path_is_gateway_404(api: Api) -> None:
-    status, headers, body = await api.get(f"/v3/{PID}/vaults")
+    status, headers, body = await api.get(f"/v3/{PID}/checkpoints")
     assert status == 404
     assert_cbr_headers(headers)
     assert body["error_code"] == "APIGW.0101"

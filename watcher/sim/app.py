@@ -25,6 +25,7 @@ from watcher.sim.core import SimCore, SimRequest
 from watcher.sim.dialects import Dialect, dialect_from_mapping
 from watcher.sim.faults import Fault
 from watcher.sim.iam import TOKENS_PATH, http_date
+from watcher.sim.inventory import add_routes as add_inventory_routes
 from watcher.sim.listing import parse_list_query, select
 from watcher.sim.signature import SignedCall
 from watcher.sim.specs import policy_from_mapping, spec_from_mapping
@@ -74,6 +75,7 @@ def make_app(sim: SimCore) -> web.Application:
     app.router.add_put("/_sim/auth", control.set_auth)
     app.router.add_get("/_sim/dialect", control.dialect)
     app.router.add_put("/_sim/dialect", control.set_dialect)
+    add_inventory_routes(app, sim)
     return app
 
 

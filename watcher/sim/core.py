@@ -21,6 +21,7 @@ from watcher.sim.auth import DEFAULT_TOKEN_LIFETIME, AccessKey, SimAuth, User
 from watcher.sim.dialects import DEFAULT_DIALECT, Dialect
 from watcher.sim.faults import FaultInjector, FaultProfile, parse_fault
 from watcher.sim.iam import IamApi
+from watcher.sim.inventory import Inventory
 from watcher.sim.listing import NewestFirst
 from watcher.sim.policies import PolicySchedule, PolicySpec
 from watcher.sim.tasks import SimTask, SimTaskSpec, TaskState, random_uuid, realize, task_state
@@ -93,6 +94,7 @@ class SimCore:
         self._tasks: dict[str, SimTask] = {}
         self._order = NewestFirst()
         self._policies: list[PolicySchedule] = []
+        self.inventory = Inventory(clock, seed)
         self._show_counts: Counter[str] = Counter()
         self.request_log: list[SimRequest] = []
         # Set when serving stops: it releases the requests a "hang" fault is holding.
@@ -165,6 +167,7 @@ class SimCore:
                 start_wall=self.clock.wall(),
                 seed=self.seed,
                 default_vault=self.default_vault,
+                members=self.inventory.members,
             )
             if schedule.id in taken:
                 raise ValueError(f"policy ID {schedule.id!r} already exists")
