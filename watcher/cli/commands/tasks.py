@@ -1,4 +1,5 @@
-"""`cbr-watcher tasks list|add|remove`: a thin client of a running daemon's task API (SPEC §6).
+"""`cbr-watcher tasks list|add|remove`: a thin client of a running daemon's task API
+(see docs/task-api.md).
 
 The address is `--url`, else `server.api_listen` (a wildcard host means this machine); the
 bearer token is `server.api_token`. Exit codes: 0 done, 1 the API could not be reached or
