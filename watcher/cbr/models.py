@@ -7,9 +7,9 @@ documentation shows: `2020-02-23T01:00:32Z`, `2019-05-23T14:35:23.584+00:00`, an
 zone (`2019-05-23T14:31:36.039365`, read as UTC). The raw JSON object is kept
 as compact JSON bytes next to the typed fields, and decoded on demand (`raw`), so webhooks and
 the state file get it exactly as CBR sent it while each watched task holds one representation
-of its last answer: a slotted object of interned text, datetimes and a bytes body, about
-1.5 KB for a typical answer instead of the 8–15 KB of a validated model plus its dict. The
-parser is hand-written: per poll it costs a fraction of model validation.
+of its last answer: a slotted object of interned text, datetimes and a bytes body, a fraction
+of the size of a validated model plus its dict (bench/README.md has the figures). The parser
+is hand-written: per poll it costs a fraction of model validation.
 
 Tolerant down to single fields: only a missing or non-string `id`/`status`, or a body that is
 not the documented shape at all, makes a body malformed (MalformedBodyError, the only

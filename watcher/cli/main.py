@@ -1,4 +1,4 @@
-"""The command line (SPEC §3): subcommands and exit codes."""
+"""The command line (see docs/cli.md): subcommands and exit codes."""
 
 from __future__ import annotations
 
@@ -70,7 +70,7 @@ def duration(text: str) -> float:
 
 
 def task_id(text: str) -> str:
-    """argparse `type=` for a task ID argument (SPEC §2's rule)."""
+    """argparse `type=` for a task ID argument (`watcher.cbr.ids` has the rule)."""
     if not is_valid_task_id(text):
         raise argparse.ArgumentTypeError(f"invalid task ID {text!r}: expected {TASK_ID_RULE}")
     return text

@@ -1,4 +1,4 @@
-"""Discovery (SPEC §9): find the tasks nobody named — backups started by policies — and watch them.
+"""Discovery (see docs/polling.md): watch the tasks nobody named, such as backups policies start.
 
 Each `[[watch.discover]]` block is one ListOpLogs filter (one query per operation type it
 names: CBR takes one type per request). Every `discover_interval` each query lists the tasks
