@@ -633,9 +633,13 @@ def playable_sidecar(
         for item in items:
             path = directory / item["path"]
             path.write_bytes(files[item["key"]])
-            # What the kubelet makes: root-owned, group fsGroup, the defaultMode.
-            os.chown(path, 0, pod["securityContext"]["fsGroup"])
-            path.chmod(source.get("defaultMode", 0o644))
+            # What the kubelet makes: root-owned, group fsGroup, the defaultMode. (Rootless,
+            # the files cannot be given to that group: readable by all instead.)
+            if os.geteuid() == 0:
+                os.chown(path, 0, pod["securityContext"]["fsGroup"])
+                path.chmod(source.get("defaultMode", 0o644))
+            else:
+                path.chmod(0o444)
         directory.chmod(0o755)
         volume.pop("secret")
         volume["hostPath"] = {"path": str(directory), "type": "Directory"}
