@@ -438,6 +438,14 @@ class OpLogPage:
     malformed: list[str] = field(default_factory=list)
     """One short reason per unreadable entry, in page order, naming its place on the page and
     its ID when at least that could be read: `entry 2 (id 'x'): status: ...`."""
+    positions: list[int] | None = None
+    """Where on the page each readable log stood (None: in order, nothing unreadable)."""
+
+    def places(self) -> list[int]:
+        """The place on the page of each entry of `operation_logs`."""
+        if self.positions is not None:
+            return self.positions
+        return list(range(len(self.operation_logs)))
 
     @property
     def returned(self) -> int:
@@ -466,6 +474,7 @@ def parse_list_body(body: object) -> OpLogPage:
     if not isinstance(body, dict) or not isinstance(body.get("operation_logs"), list):
         raise MalformedBodyError("body has no 'operation_logs' list")
     logs: list[OperationLog] = []
+    positions: list[int] = []
     malformed: list[str] = []
     for position, item in enumerate(body["operation_logs"]):
         if not isinstance(item, dict):
@@ -473,6 +482,7 @@ def parse_list_body(body: object) -> OpLogPage:
             continue
         try:
             logs.append(OperationLog.from_raw(item))
+            positions.append(position)
         except MalformedBodyError as error:
             malformed.append(f"entry {position}{_entry_id(item)}: {error}")
 
@@ -486,6 +496,7 @@ def parse_list_body(body: object) -> OpLogPage:
         limit=as_int("limit"),
         offset=as_int("offset"),
         malformed=malformed,
+        positions=positions,
     )
 
 

@@ -278,8 +278,9 @@ class Engine:
             return False
         row = WatchedTask(task_id, frozen_labels(labels), "discover", self._clock.wall())
         slot = self._insert(row, delay=None)
-        await self._poll.answered(slot, slot.generation, operation_log)
-        self._poll.ensure_next(slot, slot.generation)
+        generation = slot.generation
+        await self._poll.answered(slot, generation, operation_log)
+        self._poll.ensure_next(slot, generation)
         return True
 
     def restore(self, task: WatchedTask) -> bool:

@@ -6,11 +6,15 @@ page by page (`offset` advanced by the entries a page really returned, whatever 
 for) until a page comes back empty — never ended by `count` or by a short page. A refresh may
 stop earlier, once every task it wants was seen: it concludes nothing from what it did not read.
 
-Paging while the list changes: CBR lists newest first. New tasks created at the head push
-entries toward later offsets, so the next page repeats a few (deduplicated by ID) and nothing
-is skipped; deletions pull entries toward earlier offsets, so one may be skipped. Anything
-wanted and not seen is reported missing, and the engine confirms each with one ShowOpLog.
-An entry that cannot be read spoils that entry, not the page.
+Paging while the list changes: CBR lists newest first, and offsets shift under a reader. New
+tasks at the head push entries toward later offsets: a page then repeats entries already read
+(deduplicated by ID), and nothing is skipped. Deletions pull entries toward earlier offsets,
+which would skip some; so each page after a full one starts on the last entry already read
+(an overlap of one), and a page that holds no entry read before — the list shrank under us —
+is read again from earlier offsets until it does. A page is continuous with what was read when
+it holds an entry read before (everything after the last such entry is new and comes next),
+or when it is the head of the list. An entry that cannot be read spoils that entry, not the
+page.
 """
 
 from __future__ import annotations
@@ -112,8 +116,8 @@ async def list_all(
     limit: int = LIST_LIMIT,
     max_pages: int = MAX_PAGES,
 ) -> ListResult:
-    """Page through `listing` until an empty page, or (with `wanted`) until every wanted ID
-    was seen.
+    """Page through `listing` until an empty page that follows what was read, or (with
+    `wanted`) until every wanted ID was seen.
 
     `acquire` is awaited before each page (the shared request budget). Errors propagate, and
     so does IncompleteListingError after `max_pages`: the caller decides what a failed
@@ -122,6 +126,8 @@ async def list_all(
     result = ListResult()
     missing = set(wanted)
     offset = 0
+    overlapping = False
+    """Whether the page at `offset` should start on an entry already read."""
     while True:
         if result.pages >= max_pages:
             raise IncompleteListingError(f"no empty page after {max_pages} pages")
@@ -130,13 +136,32 @@ async def list_all(
         result.pages += 1
         returned = page.returned
         if returned == 0:
-            result.to_the_end = True
-            return result
+            if not overlapping or offset == 0:
+                result.to_the_end = True
+                return result
+            # The entry we stood on is gone: the list shrank. Read again from earlier.
+            offset = max(0, offset - max(result.largest_page, 1))
+            overlapping = offset > 0
+            continue
+        logs = page.operation_logs
+        read_before = [i for i, log in enumerate(logs) if log.id in result.found]
+        if overlapping and logs and not read_before:
+            # Nothing on this page was read before: entries moved toward the head while we
+            # paged, and some may have slipped past. Read again from earlier offsets.
+            offset = max(0, offset - returned)
+            overlapping = offset > 0
+            continue
         result.largest_page = max(result.largest_page, returned)
         result.malformed += len(page.malformed)
-        for operation_log in page.operation_logs:
-            result.found[operation_log.id] = operation_log
-            missing.discard(operation_log.id)
-        offset += returned
+        for log in logs:
+            result.found[log.id] = log
+            missing.discard(log.id)
         if wanted and not missing:
             return result
+        places = page.places()
+        if places and places[-1] > 0:
+            offset += places[-1]  # stand on the last entry read: overlap one
+            overlapping = True
+        else:
+            offset += returned
+            overlapping = False
