@@ -10,12 +10,19 @@
 
 from __future__ import annotations
 
+import base64
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import yaml  # type: ignore[import-untyped]
+
+from watcher.clock import RealClock
+from watcher.demo_receiver import DemoReceiver
+from watcher.signing import sign, split_secrets
 
 ROOT = Path(__file__).resolve().parent.parent
 ALERTS = ROOT / "deploy" / "prometheus" / "cbr-watcher-alerts.yml"
@@ -91,3 +98,37 @@ def test_every_rule_aggregates_the_replica_labels_away() -> None:
             if name not in ABOUT_ONE_REPLICA:
                 assert "$labels.instance" not in template, name
                 assert "$labels.pod" not in template, name
+
+
+# ---- the demo receiver ----------------------------------------------------------------------
+
+
+async def test_demo_receiver_acts_once_per_webhook_id() -> None:
+    """A second verified copy of an ID is acknowledged (2xx, so its sender stops) and counted
+    as a duplicate; a copy with a bad signature is refused and cannot claim the ID first."""
+    async with DemoReceiver(RealClock()) as receiver, aiohttp.ClientSession() as http:
+
+        async def post(webhook_id: str, body: bytes, *, secret: str) -> int:
+            now = int(time.time())
+            headers = {
+                "webhook-id": webhook_id,
+                "webhook-timestamp": str(now),
+                "webhook-signature": sign(split_secrets(secret), webhook_id, now, body),
+            }
+            async with http.post(receiver.url, data=body, headers=headers) as response:
+                return response.status
+
+        body = b'{"type":"task.succeeded","data":{"task_id":"t-1"}}'
+        forger = "whsec_" + base64.b64encode(b"not the receiver's secret").decode()
+        assert await post("evt_1", b'{"type":"forged"}', secret=forger) == 401
+        assert await post("evt_1", body, secret=receiver.secret) == 204
+        assert await post("evt_1", body, secret=receiver.secret) == 204
+        assert await post("evt_2", body, secret=receiver.secret) == 204
+    assert receiver.first == {"evt_1": body, "evt_2": body}
+    assert receiver.duplicates == 1
+    assert [(hook.webhook_id, hook.verified, hook.duplicate) for hook in receiver.received] == [
+        ("evt_1", False, False),
+        ("evt_1", True, False),
+        ("evt_1", True, True),
+        ("evt_2", True, False),
+    ]
