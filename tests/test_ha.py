@@ -10,19 +10,27 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import json
 import re
+import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import yaml  # type: ignore[import-untyped]
+from prometheus_client.parser import text_string_to_metric_families
 
+from tests.daemon_process import DaemonProcess, fast_daemon_env
+from tests.support import fake_clock_now
 from watcher.clock import RealClock
-from watcher.demo_receiver import DemoReceiver
+from watcher.demo_receiver import DemoReceiver, ReceivedWebhook
 from watcher.signing import sign, split_secrets
+from watcher.sim import SimTaskSpec, Simulator
+from watcher.testing import FakeClock
 
 ROOT = Path(__file__).resolve().parent.parent
 ALERTS = ROOT / "deploy" / "prometheus" / "cbr-watcher-alerts.yml"
@@ -132,3 +140,246 @@ async def test_demo_receiver_acts_once_per_webhook_id() -> None:
         ("evt_1", True, True),
         ("evt_2", True, False),
     ]
+
+
+# ---- two replicas, end to end ---------------------------------------------------------------
+
+TOKEN = "ha-test-token"
+PHASE = 60.0
+"""Fake seconds of each scripted phase; the simulator's clock jumps a whole phase at a time,
+and only once every live replica has seen the previous one, so what each replica observes is
+fixed however slowly a loaded machine runs it."""
+TASKS: dict[str, list[tuple[str, float, int | None]]] = {
+    # These end while both replicas run.
+    "ha-ok-1": [("waiting", PHASE, 0), ("running", PHASE, 40), ("success", 0, 100)],
+    "ha-fail-1": [("waiting", PHASE, 0), ("running", PHASE, 40), ("failed", 0, 40)],
+    # These end after one replica was killed.
+    "ha-ok-2": [("waiting", PHASE, 0), ("running", 2 * PHASE, 40), ("success", 0, 100)],
+    "ha-timeout-2": [("waiting", PHASE, 0), ("running", 2 * PHASE, 40), ("timeout", 0, 40)],
+    "ha-skip-2": [("waiting", 3 * PHASE, 0), ("skipped", 0, 0)],
+    # This one runs on.
+    "ha-long": [("waiting", PHASE, 0), ("running", PHASE, 40)],
+}
+MISSING = "ha-typo-0O11"
+"""Named but not in the simulator: each replica gives up on it (watch.not_found)."""
+BEFORE_KILL = {
+    ("ha-ok-1", "task.started"),
+    ("ha-ok-1", "task.succeeded"),
+    ("ha-fail-1", "task.started"),
+    ("ha-fail-1", "task.failed"),
+    ("ha-ok-2", "task.started"),
+    ("ha-timeout-2", "task.started"),
+    ("ha-long", "task.started"),
+    (MISSING, "watch.not_found"),
+}
+AFTER_KILL = {
+    ("ha-ok-2", "task.succeeded"),
+    ("ha-timeout-2", "task.timed_out"),
+    ("ha-skip-2", "task.skipped"),
+}
+SAME_ON_EVERY_REPLICA = (
+    "cbr_watcher_task_progress_ratio",
+    "cbr_watcher_task_status",
+    "cbr_watcher_task_info",
+    "cbr_watcher_task_started_timestamp_seconds",
+    "cbr_watcher_resource_last_success_timestamp_seconds",
+    "cbr_watcher_resource_last_status",
+    "cbr_watcher_last_success_timestamp_seconds",
+)
+"""Per-task and per-resource series (and the last success), all read from CBR's answers.
+Not compared, as documented: cbr_watcher_task_last_progress_timestamp_seconds and
+cbr_watcher_task_estimated_end_timestamp_seconds (when each replica noticed a change, and
+its estimate from that), and every counter of a replica's own work."""
+
+
+def advance(sim: Simulator, seconds: float) -> None:
+    """Move the simulator's tasks `seconds` along their timelines."""
+    clock = sim.clock
+    assert isinstance(clock, FakeClock)
+    clock.advance(seconds)
+
+
+def replica_env(
+    base_url: str, sim: Simulator, state: Path, receiver: DemoReceiver, task_ids: Iterable[str]
+) -> dict[str, str]:
+    """One replica: the same configuration for all, only the state file differs."""
+    return fast_daemon_env(
+        base_url,
+        sim.project_id,
+        TOKEN,
+        CBR_WATCHER_WATCH__TASKS=json.dumps(list(task_ids)),
+        CBR_WATCHER_STATE__PATH=str(state),
+        CBR_WATCHER_WEBHOOKS=json.dumps(
+            [{"name": "ops", "url": receiver.url, "secret": receiver.secret, "timeout": "1h"}]
+        ),
+        CBR_WATCHER_LOG__LEVEL="debug",  # webhook.delivered, with its event_id
+    )
+
+
+async def every(
+    daemons: Iterable[DaemonProcess], condition: Callable[[DaemonProcess], bool], what: str
+) -> None:
+    """Wait until `condition` holds for each daemon."""
+    for daemon in daemons:
+        await daemon.wait_for(lambda daemon=daemon: condition(daemon), what)  # type: ignore[misc]
+
+
+def saw_status(task_ids: Iterable[str], status: str) -> Callable[[DaemonProcess], bool]:
+    """Whether a daemon logged each task's change to `status`."""
+    ids = list(task_ids)
+    return lambda daemon: all(
+        daemon.logged("task.status_changed", task_id=task_id, status=status) for task_id in ids
+    )
+
+
+def delivered(webhook_ids: Iterable[str]) -> Callable[[DaemonProcess], bool]:
+    """Whether a daemon logged the acknowledged delivery of each of these events."""
+    wanted = set(webhook_ids)
+    return lambda daemon: (
+        wanted
+        <= {
+            line.get("event_id")
+            for line in daemon.lines
+            if line.get("event") == "webhook.delivered"
+        }
+    )
+
+
+def ids_of(receiver: DemoReceiver, events: set[tuple[str, str]]) -> set[str]:
+    """The webhook-ids under which `events` ((task ID, type) pairs) arrived."""
+    return {
+        hook.webhook_id
+        for hook in receiver.received
+        if hook.verified and (hook.task_id, hook.event_type) in events
+    }
+
+
+def arrived(receiver: DemoReceiver) -> set[tuple[str | None, str]]:
+    """The (task ID, type) of every event the receiver accepted."""
+    return {(hook.task_id, hook.event_type) for hook in receiver.received if hook.verified}
+
+
+async def replica_view(http: aiohttp.ClientSession, url: str) -> dict[tuple[Any, ...], float]:
+    """The series of SAME_ON_EVERY_REPLICA in one replica's /metrics."""
+    async with http.get(f"{url}/metrics") as response:
+        assert response.status == 200
+        text = await response.text()
+    return {
+        (sample.name, *sorted(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name in SAME_ON_EVERY_REPLICA
+    }
+
+
+def task_id_of(key: tuple[Any, ...]) -> str | None:
+    """The task_id label of a view's key, if it has one."""
+    return next((value for label, value in key[1:] if label == "task_id"), None)
+
+
+async def same_views(
+    http: aiohttp.ClientSession, one: str, other: str, *, tasks: set[str] | None = None
+) -> dict[tuple[Any, ...], float]:
+    """Wait until two replicas export the same values (per-task series only of `tasks`, when
+    given), and return them; fail with the difference if they never do."""
+
+    def comparable(view: dict[tuple[Any, ...], float]) -> dict[tuple[Any, ...], float]:
+        return {
+            key: value
+            for key, value in view.items()
+            if tasks is None or task_id_of(key) in (None, *tasks)
+        }
+
+    deadline = time.monotonic() + 60
+    while True:
+        mine = comparable(await replica_view(http, one))
+        theirs = comparable(await replica_view(http, other))
+        if mine == theirs or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.1)
+    assert mine == theirs
+    return mine
+
+
+def without_timestamp(body: bytes) -> str:
+    """A body with its top-level `timestamp` left out, as canonical JSON."""
+    payload: dict[str, Any] = json.loads(body)
+    payload.pop("timestamp")
+    return json.dumps(payload, sort_keys=True)
+
+
+async def test_two_replicas_one_receiver_every_event_once_per_id(tmp_path: Path) -> None:
+    """Two `cbr-watcher run` replicas with their own state files watch the same tasks and
+    send to one receiver that deduplicates by webhook-id. Every event arrives; all copies of
+    one ID are byte-identical (watch.* events differ in `timestamp` only, as documented);
+    /metrics of both agree on every task. Replica b is killed with SIGKILL mid-run: every
+    later event still arrives, once per ID, from a alone; b, restarted on its state file,
+    catches up, and its late copies are byte-identical duplicates."""
+    began = time.monotonic()
+    sim = Simulator(fake_clock_now(), tokens=[TOKEN], seed=23)
+    for task_id, steps in TASKS.items():
+        sim.add_task(SimTaskSpec(id=task_id, phases=list(steps)))
+    running = [task_id for task_id, steps in TASKS.items() if steps[1][0] == "running"]
+    async with (
+        sim.running() as base_url,
+        DemoReceiver(RealClock()) as receiver,
+        aiohttp.ClientSession() as http,
+    ):
+        named = [*TASKS, MISSING]
+        env_a = replica_env(base_url, sim, tmp_path / "a.db", receiver, named)
+        env_b = replica_env(base_url, sim, tmp_path / "b.db", receiver, named)
+        async with DaemonProcess(env_a) as a:
+            async with DaemonProcess(env_b) as b:
+                url_a, url_b = await a.ready(), await b.ready()
+                both = (a, b)
+                await every(both, saw_status(TASKS, "waiting"), "every task seen waiting")
+                advance(sim, PHASE)
+                await every(both, saw_status(running, "running"), "the tasks seen running")
+                advance(sim, PHASE)
+                await every(both, saw_status(["ha-ok-1"], "success"), "ha-ok-1 seen ended")
+                await every(both, saw_status(["ha-fail-1"], "failed"), "ha-fail-1 seen ended")
+                await a.wait_for(lambda: arrived(receiver) >= BEFORE_KILL, "every event so far")
+                await every(both, delivered(ids_of(receiver, BEFORE_KILL)), "both delivered")
+                view = await same_views(http, url_a, url_b)
+                assert {task_id_of(key) for key in view} == {None, *TASKS, MISSING}
+                assert await b.kill(signal.SIGKILL) == -signal.SIGKILL
+
+            # b is gone with tasks mid-run; a alone sees them end.
+            advance(sim, PHASE)
+            await a.wait_for(lambda: arrived(receiver) >= AFTER_KILL, "the rest")
+            late = ids_of(receiver, AFTER_KILL)
+            await a.wait_for(lambda: delivered(late)(a), "a's deliveries of the rest")
+            assert len(late) == len(AFTER_KILL)
+            assert sorted(
+                h.webhook_id for h in receiver.received if h.webhook_id in late
+            ) == sorted(late)  # one copy each, from a
+
+            # b comes back on its state file, resumes its unfinished watches and catches up.
+            async with DaemonProcess(env_b) as b_again:
+                url_b = await b_again.ready()
+                await b_again.wait_for(lambda: delivered(late)(b_again), "b's late copies")
+                ended_late = {task_id for task_id, _ in AFTER_KILL}
+                await same_views(http, url_a, url_b, tasks=ended_late | {"ha-long"})
+                await b_again.stop()
+            await a.stop()
+
+    elapsed = time.monotonic() - began
+    copies: dict[str, list[ReceivedWebhook]] = {}
+    for hook in receiver.received:
+        assert hook.verified, hook.problem
+        copies.setdefault(hook.webhook_id, []).append(hook)
+    assert arrived(receiver) == BEFORE_KILL | AFTER_KILL
+    assert set(copies) == set(receiver.first)
+    for webhook_id, hooks in copies.items():
+        event_type = hooks[0].event_type
+        assert len(hooks) == 2, (webhook_id, event_type)  # one copy from each replica
+        assert [hook.duplicate for hook in hooks] == [False, True]
+        if event_type.startswith("watch."):
+            # No CBR time of its own: each replica stamps when it gave up (documented).
+            assert len({without_timestamp(hook.body) for hook in hooks}) == 1, webhook_id
+        else:
+            assert {hook.body for hook in hooks} == {receiver.first[webhook_id]}, event_type
+    print(
+        f"\nHA: {len(copies)} events, {len(receiver.received)} deliveries, "
+        f"{receiver.duplicates} duplicates, {elapsed:.1f} s"
+    )
