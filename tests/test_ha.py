@@ -21,11 +21,19 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 import yaml  # type: ignore[import-untyped]
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.daemon_process import DaemonProcess, fast_daemon_env
 from tests.support import fake_clock_now
+from tests.test_prometheus import (
+    DASHBOARD,
+    PrometheusServer,
+    eventually,
+    needs_prometheus,
+    substitute,
+)
 from watcher.clock import RealClock
 from watcher.demo_receiver import DemoReceiver, ReceivedWebhook
 from watcher.signing import sign, split_secrets
@@ -383,3 +391,137 @@ async def test_two_replicas_one_receiver_every_event_once_per_id(tmp_path: Path)
         f"\nHA: {len(copies)} events, {len(receiver.received)} deliveries, "
         f"{receiver.duplicates} duplicates, {elapsed:.1f} s"
     )
+
+
+# ---- a real Prometheus scraping two replicas ------------------------------------------------
+
+PROM_TASKS: dict[str, list[tuple[str, float, int | None]]] = {
+    "prom-fail": [("waiting", PHASE, 0), ("running", PHASE, 40), ("failed", 0, 40)],
+    "prom-long": [("waiting", PHASE, 0), ("running", PHASE, 40)],
+}
+
+
+def dashboard_targets() -> Iterator[tuple[str, str, str]]:
+    """(panel title, query, legend) of every query of the dashboard's panels."""
+    dashboard = json.loads(DASHBOARD.read_text(encoding="utf-8"))
+    panels = list(dashboard["panels"])
+    for panel in dashboard["panels"]:
+        panels.extend(panel.get("panels", []))
+    for panel in panels:
+        for target in panel.get("targets", []):
+            yield panel["title"], target["expr"], target.get("legendFormat", "")
+
+
+class Prom:
+    """Queries against a PrometheusServer that fail the test if the server died."""
+
+    def __init__(self, server: PrometheusServer, http: aiohttp.ClientSession) -> None:
+        self.server = server
+        self.http = http
+
+    async def query(self, expr: str) -> list[dict[str, Any]]:
+        """The instant vector of `expr`."""
+        return await self.server.query(self.http, expr)
+
+    async def count(self, expr: str) -> int:
+        """How many series `expr` returns now; -1 while the server does not listen yet."""
+        proc = self.server.proc
+        assert proc is not None
+        if proc.poll() is not None:
+            pytest.fail("prometheus exited:\n" + self.server.log.read_text())
+        try:
+            return len(await self.query(expr))
+        except aiohttp.ClientError:
+            return -1
+
+    async def until_count(self, expr: str, wanted: int, what: str) -> None:
+        """Wait until `expr` returns `wanted` series."""
+
+        async def reached() -> bool:
+            return await self.count(expr) == wanted
+
+        await eventually(reached, what)
+
+    async def firing(self, alertname: str) -> list[dict[str, str]]:
+        """The label sets of the firing alerts named `alertname`."""
+        found = await self.query(f'ALERTS{{alertname="{alertname}",alertstate="firing"}}')
+        return [item["metric"] for item in found]
+
+
+async def check_dashboard(prom: Prom) -> None:
+    """Every panel query aggregates the replicas away (the Watcher row's show each one, on
+    purpose): no instance label, one series per task; the in-flight task and the failure are
+    counted once, not once per replica."""
+    for title, expr, legend in dashboard_targets():
+        result = await prom.query(substitute(expr))
+        if "{{instance}}" in legend:
+            assert all("instance" in item["metric"] for item in result), title
+            assert len(result) <= 2, (title, result)
+            continue
+        assert all("instance" not in item["metric"] for item in result), title
+        task_ids = [item["metric"]["task_id"] for item in result if "task_id" in item["metric"]]
+        assert len(task_ids) == len(set(task_ids)), (title, task_ids)
+        if title == "In-flight tasks":
+            [in_flight] = result
+            assert float(in_flight["value"][1]) == 1.0  # prom-long
+        if title.startswith("Failed or timed out"):
+            [failures] = result
+            assert 0.9 < float(failures["value"][1]) < 1.5  # increase() extrapolates a little
+
+
+@needs_prometheus
+async def test_prometheus_sees_two_replicas_as_one_watcher(tmp_path: Path) -> None:
+    """Prometheus scrapes two replicas as one job with the shipped rules and the dashboard's
+    queries: a failed backup raises CbrTaskFailed and CbrBackupLastFailed once each, without
+    instance; every panel but the Watcher row's per-replica ones comes without instance, one
+    series per task, nothing counted twice. Killing one replica changes no alert."""
+    sim = Simulator(fake_clock_now(), tokens=[TOKEN], seed=29)
+    for task_id, steps in PROM_TASKS.items():
+        sim.add_task(SimTaskSpec(id=task_id, phases=list(steps)))
+    async with (
+        sim.running() as base_url,
+        DemoReceiver(RealClock()) as receiver,
+        aiohttp.ClientSession() as http,
+    ):
+        env_a = replica_env(base_url, sim, tmp_path / "a.db", receiver, PROM_TASKS)
+        env_b = replica_env(base_url, sim, tmp_path / "b.db", receiver, PROM_TASKS)
+        async with DaemonProcess(env_a) as a, DaemonProcess(env_b) as b:
+            url_a, url_b = await a.ready(), await b.ready()
+            target_b = url_b.removeprefix("http://")
+            server = PrometheusServer(tmp_path, url_a.removeprefix("http://"), target_b)
+            server.start()
+            prom = Prom(server, http)
+            try:
+                both = (a, b)
+                await every(both, saw_status(PROM_TASKS, "waiting"), "both tasks seen waiting")
+                advance(sim, PHASE)
+                await every(both, saw_status(PROM_TASKS, "running"), "both tasks seen running")
+                # Scraped before the failure, so that increase() sees the counter move.
+                running = 'cbr_watcher_task_status{status="running"} == 1'
+                await prom.until_count(running, 4, "both replicas' running tasks scraped")
+                advance(sim, PHASE)
+                await every(both, saw_status(["prom-fail"], "failed"), "the failure seen")
+                failed = 'cbr_watcher_task_status{status="failed"} == 1'
+                await prom.until_count(failed, 2, "both replicas' failure scraped")
+                for alertname in ("CbrTaskFailed", "CbrBackupLastFailed"):
+                    await prom.until_count(
+                        f'ALERTS{{alertname="{alertname}",alertstate="firing"}}', 1, alertname
+                    )
+                [task_failed] = await prom.firing("CbrTaskFailed")
+                [last_failed] = await prom.firing("CbrBackupLastFailed")
+                assert task_failed["task_id"] == "prom-fail"
+                assert last_failed["operation_type"] == "backup"
+                for alert in (task_failed, last_failed):
+                    assert alert["job"] == "cbr-watcher"
+                    assert "instance" not in alert
+                await check_dashboard(prom)
+
+                # One replica dies: the alerts stay the same ones, with the same labels.
+                assert await b.kill(signal.SIGKILL) == -signal.SIGKILL
+                b_down = f'up{{instance="{target_b}"}} == 0'
+                await prom.until_count(b_down, 1, "Prometheus to see replica b down")
+                await prom.until_count(failed, 1, "b's series to go stale")
+                assert await prom.firing("CbrTaskFailed") == [task_failed]
+                assert await prom.firing("CbrBackupLastFailed") == [last_failed]
+            finally:
+                server.stop()
