@@ -15,6 +15,7 @@ import base64
 import json
 import re
 import signal
+import subprocess
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -29,9 +30,11 @@ from tests.daemon_process import DaemonProcess, fast_daemon_env
 from tests.support import fake_clock_now
 from tests.test_prometheus import (
     DASHBOARD,
+    PROMTOOL,
     PrometheusServer,
     eventually,
     needs_prometheus,
+    needs_promtool,
     substitute,
 )
 from watcher.clock import RealClock
@@ -43,6 +46,7 @@ from watcher.testing import FakeClock
 ROOT = Path(__file__).resolve().parent.parent
 ALERTS = ROOT / "deploy" / "prometheus" / "cbr-watcher-alerts.yml"
 ALERT_TESTS = ROOT / "deploy" / "prometheus" / "cbr-watcher-alerts.test.yml"
+PROMETHEUS_EXAMPLE = ROOT / "deploy" / "prometheus" / "prometheus-ha.example.yml"
 REPLICA_LABELS = {"instance", "pod"}
 """What tells two replicas of one job apart; every rule aggregates these away."""
 ABOUT_ONE_REPLICA = {"CbrWatcherReplicaDown"}
@@ -114,6 +118,29 @@ def test_every_rule_aggregates_the_replica_labels_away() -> None:
             if name not in ABOUT_ONE_REPLICA:
                 assert "$labels.instance" not in template, name
                 assert "$labels.pod" not in template, name
+
+
+@needs_promtool
+def test_prometheus_example_scrapes_both_replicas_as_one_job() -> None:
+    """The example configuration for two hosts is valid (`promtool check config`, which also
+    checks the rules file it loads), and scrapes both replicas under one job whose name the
+    watcher-down alerts match, with no label that would tell the replicas apart."""
+    assert PROMTOOL is not None
+    result = subprocess.run(
+        [PROMTOOL, "check", "config", PROMETHEUS_EXAMPLE.name],
+        cwd=PROMETHEUS_EXAMPLE.parent,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    config = yaml.safe_load(PROMETHEUS_EXAMPLE.read_text(encoding="utf-8"))
+    (job,) = config["scrape_configs"]
+    assert "cbr-watcher" in job["job_name"]
+    (static,) = job["static_configs"]
+    assert len(static["targets"]) == 2
+    assert "labels" not in static
+    assert [ALERTS.name] == config["rule_files"]
 
 
 # ---- the demo receiver ----------------------------------------------------------------------
