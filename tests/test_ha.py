@@ -47,6 +47,9 @@ ROOT = Path(__file__).resolve().parent.parent
 ALERTS = ROOT / "deploy" / "prometheus" / "cbr-watcher-alerts.yml"
 ALERT_TESTS = ROOT / "deploy" / "prometheus" / "cbr-watcher-alerts.test.yml"
 PROMETHEUS_EXAMPLE = ROOT / "deploy" / "prometheus" / "prometheus-ha.example.yml"
+DOC = ROOT / "docs" / "high-availability.md"
+DOC_PAGES = {"index.md", "configuration.md", "metrics.md", "webhooks.md"}
+"""The other pages of the documentation this page may link to."""
 REPLICA_LABELS = {"instance", "pod"}
 """What tells two replicas of one job apart; every rule aggregates these away."""
 ABOUT_ONE_REPLICA = {"CbrWatcherReplicaDown"}
@@ -141,6 +144,34 @@ def test_prometheus_example_scrapes_both_replicas_as_one_job() -> None:
     assert len(static["targets"]) == 2
     assert "labels" not in static
     assert [ALERTS.name] == config["rule_files"]
+
+
+# ---- the documentation ----------------------------------------------------------------------
+
+
+def slug(heading: str) -> str:
+    """The anchor MkDocs gives a heading (Python-Markdown's toc slugify)."""
+    text = re.sub(r"[^\w\s-]", "", heading).strip().lower()
+    return re.sub(r"[-\s]+", "-", text)
+
+
+def test_doc_links_stay_in_the_documentation_and_its_code_parses() -> None:
+    """docs/high-availability.md links only to its own headings and to the documentation's
+    other pages; every repository file it names exists; its Python example parses."""
+    text = DOC.read_text(encoding="utf-8")
+    anchors = {slug(h) for h in re.findall(r"^#+ (.+)$", text, flags=re.MULTILINE)}
+    links = re.findall(r"\]\(([^)\s]+)\)", text)
+    assert links
+    for link in links:
+        page, _, anchor = link.partition("#")
+        if page:
+            assert page in DOC_PAGES, link
+        else:
+            assert anchor in anchors, link
+    for path in re.findall(r"`((?:deploy|systemd|watcher|tests)/[\w./-]+)`", text):
+        assert (ROOT / path).exists(), path
+    for block in re.findall(r"```python\n(.*?)```", text, flags=re.DOTALL):
+        compile(block, str(DOC), "exec")
 
 
 # ---- the demo receiver ----------------------------------------------------------------------
