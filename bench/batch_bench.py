@@ -53,11 +53,10 @@ from watcher.cbr.auth import TokenAuthenticator
 from watcher.cbr.client import LIST, SHOW, CbrClient
 from watcher.cbr.models import OperationLog, OpLogPage
 from watcher.clock import ScaledClock
-from watcher.engine import Engine
-from watcher.engine_core import Slot
-from watcher.events import TERMINAL_EVENT_FOR_STATUS, TaskEvent
-from watcher.logs import configure_logging
-from watcher.schedule import Policy
+from watcher.engine.engine import Engine
+from watcher.engine.events import TERMINAL_EVENT_FOR_STATUS, TaskEvent
+from watcher.engine.schedule import Policy
+from watcher.observe.logs import configure_logging
 from watcher.sim import DEFAULT_PROJECT_ID, DEFAULT_TOKENS, SimTaskSpec, Simulator
 
 HOUR = 3600.0
@@ -222,22 +221,6 @@ class SimProcess:
 # ---- measuring ---------------------------------------------------------------------------
 
 
-class SpacedEngine(Engine):
-    """The engine as shipped, or (an experiment, `--round-spacing`) with listings at least
-    `round_spacing` simulated seconds apart instead of `poll_interval_min`."""
-
-    def __init__(self, round_spacing: float | None, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.round_spacing = round_spacing
-
-    def _start_batch(self, trigger: Slot, now: float) -> bool:
-        listing_before = self._batch_running
-        started = super()._start_batch(trigger, now)
-        if self.round_spacing is not None and self._batch_running and not listing_before:
-            self._next_batch_at = max(self._next_batch_at, now + self.round_spacing)
-        return started
-
-
 @dataclass
 class ListCall:
     """One ListOpLogs page the engine asked for."""
@@ -393,7 +376,7 @@ async def _measure(
     tasks: int,
     window: float | None,
     rng_seed: int,
-    round_spacing: float | None,
+    round_spacing: float | None,  # the experiment was retired with the refresh sweep
 ) -> RunResult:
     start_wall = clock.origin[1]
     wire = WireCounter()
@@ -410,8 +393,7 @@ async def _measure(
     )
     async with client:
         counting = CountingClient(client, clock)
-        engine = SpacedEngine(
-            round_spacing,
+        engine = Engine(
             client=counting,
             clock=clock,
             policy=Policy(),

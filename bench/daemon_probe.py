@@ -14,7 +14,7 @@ the driver wrote, and `run_daemon` runs unchanged. The probe adds only:
   engine, writes the report and exits. Without `--window` it runs until SIGTERM and only
   writes the start-up report (task count, seconds from process start to `started`).
 
-`--gc` switches the working tree's `watcher.gc_tuning` parts off, to measure each one.
+`--gc` switches the working tree's `watcher.cli.gc_tuning` parts off, to measure each one.
 `--show-only` turns batched refresh off (a tree without it is left alone), so every poll is
 one ShowOpLog as in the previous commit: the per-poll costs compare like for like.
 """
@@ -85,7 +85,7 @@ def quantile(ordered: list[float], q: float) -> float:
 def switch_off(variant: str) -> None:
     """Disable parts of the tree's gc tuning (a tree without the module is left alone)."""
     try:
-        import watcher.gc_tuning as tuning
+        import watcher.cli.gc_tuning as tuning
     except ImportError:
         return
     if variant in ("none", "thresholds"):
@@ -98,11 +98,11 @@ def show_only() -> None:
     """Make the tree's Engine poll with one ShowOpLog per task (no ListOpLogs pages)."""
     import inspect
 
-    import watcher.daemon
+    import watcher.cli.daemon
 
-    # The module whose build_engine constructs the Engine: watcher.wiring, or the daemon in
+    # The module whose build_engine constructs the Engine: watcher.cli.wiring, or the daemon in
     # older trees.
-    builder = sys.modules.get("watcher.wiring", watcher.daemon)
+    builder = sys.modules.get("watcher.cli.wiring", watcher.cli.daemon)
     engine_class: Any = vars(builder)["Engine"]
     if "batch_refresh" not in inspect.signature(engine_class.__init__).parameters:
         return
@@ -160,9 +160,9 @@ def main() -> int:
     parser.add_argument("--show-only", action="store_true")
     args = parser.parse_args()
     sys.path.insert(0, str(args.tree.resolve()))
+    from watcher.cli.daemon import run_daemon
     from watcher.config import load_settings
-    from watcher.daemon import run_daemon
-    from watcher.logs import configure_logging
+    from watcher.observe.logs import configure_logging
 
     switch_off(args.gc)
     if args.show_only:

@@ -3,7 +3,7 @@ people use, on one seeded population of CBR-like tasks, all on a fake clock.
 
     python bench/efficiency.py [--tasks 120] [--seed 1] [--json out.json]
 
-Every system is the real `watcher.engine.Engine` with a real `CbrClient`, polling the CBR
+Every system is the real `watcher.engine.engine.Engine` with a real `CbrClient`, polling the CBR
 simulator on a real socket in this process, on a `FakeClock` that jumps whenever the engine
 is idle (so a 12-hour backup takes a fraction of a second), one ShowOpLog per poll (ListOpLogs
 batching is off: it would cut every system's requests when many tasks are due together, and
@@ -11,17 +11,12 @@ this compares cadences). Each system gets a fresh simulator with the same task s
 the same fake instant; only the cadence differs:
 
 * `cbr-watcher` — `schedule.after_success` with the defaults (progress-aware);
-* `cbr-watcher, learned tail` — the same, with the tail band a `watcher.estimator.TailPrior`
-  learns from the tasks that already ended, fed here the way the engine would feed it
-  (`TailPrior.learn` with the task's last track when its end is seen, `tail=` the band);
-* `cbr-watcher, previous cadence` — the same with `Policy.progress_aware=False` (back to
-  poll_interval_min whenever progress moves, jittered growth toward poll_interval_max);
 * `fixed 15 s` — botocore's most common waiter delay;
 * `Terraform StateChangeConf` — 0.2 s doubling, capped at 10 s;
 * `Smithy waiter` — random in [2 s, min(120 s, 2·2^n)];
 
 plus the limit: one request per task, seen the instant it ends. The baselines replace
-`watcher.schedule.after_success` for their run (errors, 404s and the deadline are not
+`watcher.engine.schedule.after_success` for their run (errors, 404s and the deadline are not
 exercised: the simulator injects no faults here).
 
 Detection delay = when the engine saw the terminal status − when the simulator ended the task.
@@ -50,14 +45,13 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
-from watcher import schedule
 from watcher.cbr.auth import TokenAuthenticator
 from watcher.cbr.client import CbrClient
-from watcher.engine import Engine
-from watcher.estimator import TailBand, TailPrior
-from watcher.events import TaskEvent
-from watcher.logs import configure_logging
-from watcher.schedule import Decision, Policy, PollState, Reason
+from watcher.engine import schedule
+from watcher.engine.engine import Engine
+from watcher.engine.events import TaskEvent
+from watcher.engine.schedule import Decision, Policy, PollState, Reason
+from watcher.observe.logs import configure_logging
 from watcher.sim import DEFAULT_TOKENS, SimTaskSpec, Simulator
 from watcher.sim.tasks import Phase
 from watcher.testing import FakeClock, drive_until
@@ -212,7 +206,6 @@ class AfterSuccess(Protocol):
         status: str | None = None,
         progress: int | None = None,
         now: float | None = None,
-        tail: TailBand | None = None,
     ) -> Decision:
         """The next poll after a successful one."""
         ...
@@ -250,8 +243,6 @@ class System:
     name: str
     policy: Policy
     after_success: AfterSuccess | None = None
-    learn_tail: bool = False
-    """Feed a `TailPrior` from every end and pass its band to `after_success`."""
 
 
 BASELINE = "fixed 15 s (botocore)"
@@ -264,12 +255,6 @@ def systems(progress_interval: float = DEFAULT_POLICY.progress_interval) -> list
         name = f"cbr-watcher (progress_interval {progress_interval:g} s)"
     return [
         System(name, Policy(progress_interval=progress_interval)),
-        System(
-            "cbr-watcher, learned tail",
-            Policy(progress_interval=progress_interval),
-            learn_tail=True,
-        ),
-        System("cbr-watcher, previous cadence", Policy(progress_aware=False)),
         System(BASELINE, DEFAULT_POLICY, fixed_15s),
         System("Terraform StateChangeConf", DEFAULT_POLICY, terraform),
         System("Smithy waiter (2–120 s)", DEFAULT_POLICY, smithy),
@@ -289,35 +274,6 @@ def cadence(after_success: AfterSuccess | None) -> Iterator[None]:
 
 
 OPERATION_TYPE = "backup"
-
-
-def learned_tail(prior: TailPrior) -> AfterSuccess:
-    """`schedule.after_success` with the band `prior` has learned so far."""
-    original = schedule.after_success
-
-    def with_band(
-        policy: Policy,
-        state: PollState,
-        *,
-        changed: bool,
-        rng: random.Random,
-        status: str | None = None,
-        progress: int | None = None,
-        now: float | None = None,
-        tail: TailBand | None = None,
-    ) -> Decision:
-        return original(
-            policy,
-            state,
-            changed=changed,
-            rng=rng,
-            status=status,
-            progress=progress,
-            now=now,
-            tail=prior.band(OPERATION_TYPE),
-        )
-
-    return with_band
 
 
 # ---- one run -----------------------------------------------------------------------------
@@ -351,17 +307,11 @@ async def run_system(system: System, tasks: Sequence[PopTask], seed: int) -> Sys
     clock = FakeClock()
     sim = Simulator(clock, seed=seed)
     detected: dict[str, float] = {}
-    prior = TailPrior()
     engine: Engine | None = None
 
     async def on_event(event: TaskEvent) -> None:
         if event.ends_watch:
             detected[event.task_id] = event.occurred_at
-            if system.learn_tail and engine is not None:
-                # What the engine would do: the last pending track, and the poll that saw
-                # the end (every task in this population is a backup).
-                track = engine.tasks[event.task_id].poll_state.track
-                prior.learn(OPERATION_TYPE, track, ended_seen=event.occurred_at)
 
     async with sim.running() as base_url:
         client = CbrClient(
@@ -380,7 +330,7 @@ async def run_system(system: System, tasks: Sequence[PopTask], seed: int) -> Sys
                 policy=system.policy,
                 max_concurrency=64,
                 # The comparison is about cadence, not about a shared budget, nor about
-                # ListOpLogs batching (watcher.batch), which would serve every system's due
+                # ListOpLogs batching (watcher.engine.listing), which would serve every system's due
                 # polls with shared pages: one ShowOpLog per poll, as the waiters make.
                 max_requests_per_second=1e6,
                 batch_refresh=False,
@@ -391,10 +341,7 @@ async def run_system(system: System, tasks: Sequence[PopTask], seed: int) -> Sys
             for task_id in ids:
                 engine.add(task_id)
             start = clock.monotonic()
-            after_success = system.after_success
-            if system.learn_tail:
-                after_success = learned_tail(prior)
-            with cadence(after_success):
+            with cadence(system.after_success):
                 runner = asyncio.create_task(engine.run())
 
                 def busy() -> bool:
@@ -415,13 +362,6 @@ async def run_system(system: System, tasks: Sequence[PopTask], seed: int) -> Sys
         for task in tasks
     ]
     reasons = {reason: count for reason, count in engine.stats.poll_reasons.items() if count}
-    if system.learn_tail:
-        band = prior.band(OPERATION_TYPE)
-        print(
-            f"learned tail band ({prior.learned(OPERATION_TYPE)} tails): "
-            f"{band.low:.3f}–{band.high:.3f}",
-            file=sys.stderr,
-        )
     return SystemResult(system.name, results, reasons, fake, time.perf_counter() - started)
 
 

@@ -4,8 +4,9 @@
 
 Starts `python -m watcher.sim` on a free port with an empty scenario, creates `--tasks` tasks
 through its control API (all of them run far longer than the measurement window, so every one
-of them is polled for the whole run), then runs `watcher.engine.Engine` in this process on the
-real clock for `--duration` seconds and reports what it achieved: polls per second, CPU seconds
+of them is polled for the whole run), then runs `watcher.engine.engine.Engine` in this
+process on the real clock for `--duration` seconds and reports what it achieved: polls per
+second, CPU seconds
 per 1,000 polls (of this process and of the simulator), peak RSS, and the scheduling lag, both
 as the engine measures it (due time → the scheduler starts the poll) and on the wire (due
 time → the request headers were written to the socket, from an aiohttp trace hook).
@@ -36,13 +37,13 @@ from typing import Any
 import aiohttp
 
 from watcher import __version__
-from watcher.budget import RequestBudget
 from watcher.cbr.auth import TokenAuthenticator
 from watcher.cbr.client import CbrClient
 from watcher.clock import RealClock
-from watcher.engine import Engine
-from watcher.logs import configure_logging
-from watcher.schedule import Policy
+from watcher.engine.budget import RequestBudget
+from watcher.engine.engine import Engine
+from watcher.engine.schedule import Policy
+from watcher.observe.logs import configure_logging
 from watcher.sim.simulator import DEFAULT_PROJECT_ID, DEFAULT_TOKENS
 
 SIM_START_TIMEOUT = 20.0
@@ -578,7 +579,7 @@ async def _measure(cfg: BenchConfig, sim: SimProcess, ids: list[str], result: Be
                 exit_when_done=True,
                 rng=random.Random(cfg.seed),
             )
-            engine.budget = RecordingBudget(cfg.rps)
+            engine.scheduler.budget = RecordingBudget(cfg.rps)
             recorder.engine = engine
             result.watcher_rss_before_add_mib = round(proc_memory_kib()[0] / 1024, 1)
             added_at = time.monotonic()

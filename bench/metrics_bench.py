@@ -3,7 +3,7 @@
     python bench/metrics_bench.py --tasks 10000 --scrapes 20 --churn 0.1 [--resources 10000]
 
 Fills a task table with `--tasks` running tasks (realistic operation logs: backup, vault and
-resource names), serves it with the real metrics listener (`watcher.server`) on 127.0.0.1,
+resource names), serves it with the real metrics listener (`watcher.observe.server`) on 127.0.0.1,
 and scrapes it `--scrapes` times per format from a separate thread (so the client's own work
 is not charged to the daemon's loop). Before each scrape `--churn` of the tasks change
 progress, as they would between two scrapes of a busy daemon. `--resources` adds that many
@@ -44,11 +44,11 @@ from prometheus_client import generate_latest
 from watcher import __version__
 from watcher.cbr.models import OperationLog
 from watcher.clock import RealClock
-from watcher.engine import WatchedTask
-from watcher.freshness import ResourceKey, ResourceStatus
-from watcher.logs import configure_logging
-from watcher.metrics import Metrics
-from watcher.server import Health, start_metrics_listener
+from watcher.coverage.freshness import ResourceKey, ResourceStatus
+from watcher.engine.engine import WatchedTask
+from watcher.observe.logs import configure_logging
+from watcher.observe.metrics import Metrics
+from watcher.observe.server import Health, start_metrics_listener
 
 OPENMETRICS = "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5"
 

@@ -22,13 +22,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from watcher.cli.wiring import build_outbox
 from watcher.clock import RealClock
 from watcher.config import WebhookSettings
-from watcher.events import TaskEvent
-from watcher.logs import configure_logging
-from watcher.outbox import Outbox
+from watcher.delivery.webhooks import Deliverer, Receiver
+from watcher.engine.events import TaskEvent
+from watcher.observe.logs import configure_logging
 from watcher.state.sqlite import Store
-from watcher.webhooks import Deliverer, Receiver
 
 SECRET = "whsec_" + base64.b64encode(b"benchmark-secret-32-bytes-long!!").decode()
 
@@ -105,7 +105,7 @@ async def run(events: int, concurrency: int, rate: float) -> dict[str, Any]:
             clock=clock,
             concurrency=concurrency,
         )
-        outbox = Outbox.for_receivers([settings], project_id="p")
+        outbox = build_outbox([settings], project_id="p")
         runner = asyncio.create_task(deliverer.run())
         created: dict[str, float] = {}
         cpu0, wall0 = time.process_time(), time.perf_counter()

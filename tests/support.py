@@ -14,12 +14,12 @@ from typing import Any
 from aiohttp import web
 
 from watcher.cbr.client import CbrClient
+from watcher.cli.daemon import DaemonHandle, run_daemon
 from watcher.clock import Clock
 from watcher.config import Settings
-from watcher.daemon import DaemonHandle, run_daemon
-from watcher.engine import Engine
-from watcher.events import TaskEvent
-from watcher.schedule import Policy
+from watcher.engine.engine import Engine
+from watcher.engine.events import TaskEvent
+from watcher.engine.schedule import Policy
 from watcher.sim import Simulator
 from watcher.testing import FakeClock, drive_until
 
@@ -68,7 +68,8 @@ def make_engine(world: World, **overrides: Any) -> Engine:
         "rng": random.Random(5),
     }
     options.update(overrides)
-    return Engine(client=world.client, clock=world.clock, **options)
+    options.setdefault("client", world.client)
+    return Engine(clock=world.clock, **options)
 
 
 class Running:

@@ -20,13 +20,13 @@ from watcher.cbr.auth import Authenticator, TokenAuthenticator
 from watcher.cbr.client import CbrClient
 from watcher.cbr.errors import AuthError, CbrError
 from watcher.cbr.iam import PasswordAuthenticator, parse_iam_time
+from watcher.cli.wiring import build_authenticator
 from watcher.clock import RealClock
 from watcher.config import Settings
-from watcher.schedule import Policy
+from watcher.engine.schedule import Policy
 from watcher.sim import SimTaskSpec, Simulator
 from watcher.sim.auth import AccessKey, User
 from watcher.testing import FakeClock, drive_until
-from watcher.wiring import build_authenticator
 
 AK, SK, TEMP_AK, TEMP_SK, STS = "AKWATCH1", "sk-SECRET-1", "AKTEMP1", "sk-SECRET-t", "sts-SECRET"
 TOKEN = "tok-SECRET"

@@ -10,14 +10,14 @@ from typing import Any
 import pytest
 
 from tests.support import Events, Running, World, make_engine, run_until
-from watcher import batch
 from watcher.cbr.errors import CbrError, NotFoundError, ThrottledError
 from watcher.cbr.models import OperationLog, OpLogPage
 from watcher.config.model import DiscoverSettings
-from watcher.discovery import Discovery
-from watcher.engine import Engine
-from watcher.schedule import Policy
+from watcher.engine import listing as batch
+from watcher.engine.engine import Engine
+from watcher.engine.schedule import Policy
 from watcher.sim import SimTaskSpec
+from watcher.sources.discovery import Discovery
 
 
 def shows(world: World) -> int:

@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from watcher.budget import RequestBudget
+from watcher.engine.budget import RequestBudget
 
 
 def starts_under_pressure(

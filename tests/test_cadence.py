@@ -11,12 +11,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
+from structlog.testing import capture_logs
 
 from tests.support import Running, World, make_engine, run_until
-from watcher import schedule
-from watcher.estimator import TailBand, TailPrior
-from watcher.metrics import Metrics
-from watcher.schedule import Decision, Policy, PollState, Reason
+from watcher.engine import schedule
+from watcher.engine.schedule import Decision, Policy, PollState, Reason
+from watcher.observe.metrics import Metrics
 from watcher.sim import SimTaskSpec
 
 Curve = Callable[[float], int]
@@ -134,22 +134,6 @@ def test_without_progress_the_previous_cadence_is_kept() -> None:
     assert all(5.0 <= d.delay <= 60.0 for d in decisions)
 
 
-def test_the_previous_cadence_is_one_flag_away() -> None:
-    """`progress_aware=False`: back to interval_min whenever progress moves."""
-    legacy = Policy(progress_aware=False)
-    decision = schedule.after_success(
-        legacy,
-        PollState(),
-        changed=True,
-        rng=random.Random(1),
-        status="running",
-        progress=50,
-        now=1000.0,
-    )
-    assert (decision.delay, decision.reason) == (5.0, Reason.CHANGED)
-    assert decision.state.track is None
-
-
 def cbr_curve(duration: float, tail: float, exponent: float = 1.0) -> Curve:
     """100·x^a up to 99 %, then 99 for the last `tail` of the run (0 s = the run's start)."""
 
@@ -164,7 +148,6 @@ def follow(
     curve: Curve,
     end: float,
     *,
-    tail: TailBand | None = None,
     policy: Policy = POLICY,
     seed: int = 1,
 ) -> tuple[int, float, list[Decision]]:
@@ -184,21 +167,10 @@ def follow(
             status="running",
             progress=progress,
             now=now,
-            tail=tail,
         )
         decisions.append(decision)
         state, previous, now = decision.state, progress, now + decision.delay
     return polls + 1, now - end, decisions
-
-
-def learned_band(tails: Sequence[float]) -> TailBand:
-    """The band a TailPrior learns from tasks that ended with these tails (shares of the run)."""
-    prior = TailPrior()
-    for n, tail in enumerate(tails):
-        duration = 3000.0 + 97.0 * n
-        _, delay, decisions = follow(cbr_curve(duration, tail), duration)
-        prior.learn("backup", decisions[-1].state.track, ended_seen=duration + delay)
-    return prior.band("backup")
 
 
 def test_the_far_cadence_is_just_under_the_progress_interval() -> None:
@@ -208,29 +180,6 @@ def test_the_far_cadence_is_just_under_the_progress_interval() -> None:
     far = [d.delay for d in decisions if d.reason is Reason.PROGRESS]
     assert len(far) > 150
     assert all(0.99 * 120 <= delay <= 120 for delay in far)
-
-
-def test_a_task_whose_tail_was_long_before_is_polled_densely_around_its_learned_end() -> None:
-    """Earlier tasks sat at 99 % for 10–14 % of their run (longer than the built-in band):
-    the next one is polled at the near-end interval around its learned end and seen within
-    it; with the built-in band its end comes after the window and is found by overdue
-    growth, later but within poll_interval_max."""
-    band = learned_band([0.10 + 0.04 * n / 39 for n in range(40)])
-    edge = schedule.NEAR_END_EDGE * POLICY.interval_min
-    learned, blind = [], []
-    for seed in range(8):
-        duration = 2.5 * 3600.0 + 200.0 * seed
-        curve = cbr_curve(duration, 0.12)
-        polls, delay, decisions = follow(curve, duration, tail=band, seed=seed)
-        assert decisions[-1].reason is Reason.NEAR_END
-        assert polls <= duration / 120 + 0.04 * duration / edge + 30
-        learned.append(delay)
-        _, delay, decisions = follow(curve, duration, seed=seed)
-        assert decisions[-1].reason is Reason.OVERDUE
-        blind.append(delay)
-    assert all(0 <= delay <= edge for delay in learned)
-    assert max(blind) > edge
-    assert all(0 <= delay <= POLICY.interval_max for delay in blind)
 
 
 @settings(max_examples=60, deadline=None)
@@ -374,22 +323,29 @@ async def test_a_long_task_costs_about_one_poll_per_progress_interval(world: Wor
     assert sum(reasons.values()) == requests - 1  # the final poll schedules nothing
 
 
-async def test_retry_after_near_the_end_is_honoured_by_the_engine(world: World) -> None:
-    """A 429 with Retry-After: 90 on the plateau: no request for 90 s, the end still seen."""
+async def test_retry_after_is_honoured_up_to_poll_interval_max(world: World) -> None:
+    """A 429 with Retry-After: 90 on the plateau, with poll_interval_max 60: no request for
+    60 s (not 90: no header stops the watching longer than a look may wait), one warning that
+    says so, and the end still seen."""
     task_id = world.sim.add_task(
         SimTaskSpec(id="thr-end", waiting=5, running=1800, progress_exponent=1.0)
     )
     engine = make_engine(world)
+    assert engine.policy.interval_max == 60
     engine.add(task_id)
-    async with Running(world, engine) as running:
-        await running.until(lambda: (engine.tasks[task_id].progress or 0) >= 99)
-        world.sim.faults.script(task_id, ["throttle:90"])
-        await running.until(engine.all_done)
+    with capture_logs() as logs:
+        async with Running(world, engine) as running:
+            await running.until(lambda: (engine.tasks[task_id].progress or 0) >= 99)
+            world.sim.faults.script(task_id, ["throttle:90"])
+            await running.until(engine.all_done)
     requests = [r for r in world.sim.request_log if r.task_id == task_id]
     throttled = next(n for n, r in enumerate(requests) if r.status == 429)
-    assert requests[throttled + 1].monotonic - requests[throttled].monotonic >= 90
+    gap = requests[throttled + 1].monotonic - requests[throttled].monotonic
+    assert 60 <= gap < 61
     assert engine.tasks[task_id].end_reason == "success"
     assert engine.stats.poll_reasons["retry_after"] == 1
+    clamped = [e for e in logs if e["event"] == "upstream.retry_after_clamped"]
+    assert [(e["retry_after_seconds"], e["clamped_to_seconds"]) for e in clamped] == [(90.0, 60)]
 
 
 async def test_metrics_explain_the_cadence(world: World) -> None:

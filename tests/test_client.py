@@ -27,11 +27,11 @@ from watcher.cbr.errors import (
     ThrottledError,
     TransientError,
 )
+from watcher.cbr.ids import InvalidTaskIdError
 from watcher.clock import RealClock
-from watcher.http import parse_retry_after
+from watcher.net.client import parse_retry_after
 from watcher.safetext import has_surrogates
 from watcher.sim import SimTaskSpec, Simulator
-from watcher.task_ids import InvalidTaskIdError
 from watcher.testing import FakeClock, drive_until
 
 
@@ -587,7 +587,7 @@ async def test_aksk_credentials_with_control_characters(world: World, field: str
 def test_user_agent_and_ssl_context_are_shared() -> None:
     """The client re-exports make_ssl_context (older imports keep working)."""
     from watcher.cbr import client as client_module
-    from watcher.http import USER_AGENT, make_ssl_context
+    from watcher.net.client import USER_AGENT, make_ssl_context
 
     assert client_module.make_ssl_context is make_ssl_context
     assert USER_AGENT.startswith("cbr-watcher/")

@@ -12,21 +12,21 @@ from typing import Any
 
 import pytest
 
-from watcher.cli import main
+from watcher.cbr.ids import TASK_ID_RULE
+from watcher.cli.main import main
 from watcher.config import (
     REDACTED,
     ConfigError,
     Settings,
     default_secrets_dirs,
     load_settings,
-    parse_listen,
     redact_url,
     render_effective,
     require_runnable,
 )
-from watcher.durations import DURATION_RULE
-from watcher.outbox import receiver_wants
-from watcher.task_ids import TASK_ID_RULE
+from watcher.config.durations import DURATION_RULE
+from watcher.delivery.outbox import receiver_wants
+from watcher.net.listener import parse_listen
 
 WHSEC = "whsec_" + base64.b64encode(b"0123456789abcdef").decode()
 

@@ -7,8 +7,8 @@ import re
 
 import pytest
 
-from watcher.cli import main
-from watcher.commands.demo import MISTYPED_TASK_ID, run_demo
+from watcher.cli.commands.demo import MISTYPED_TASK_ID, run_demo
+from watcher.cli.main import main
 
 
 async def test_demo_shows_every_outcome_and_a_summary() -> None:

@@ -42,9 +42,9 @@ from watcher.config import (
     KUBERNETES_SECRETS_DIR,
     Settings,
     load_settings,
-    parse_listen,
     require_runnable,
 )
+from watcher.net.listener import parse_listen
 from watcher.sim import SimTaskSpec, Simulator
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -12,9 +12,9 @@ from tests.support import Events, Running, World, make_engine
 from watcher.cbr.errors import TransientError
 from watcher.cbr.models import OpLogPage
 from watcher.config.model import DiscoverSettings
-from watcher.discovery import Discovery
-from watcher.engine import Engine
+from watcher.engine.engine import Engine
 from watcher.sim import SimTaskSpec
+from watcher.sources.discovery import Discovery
 from watcher.state.sqlite import Store
 
 
@@ -141,7 +141,7 @@ async def test_first_start_looks_back_and_a_restart_resumes_from_the_cursor(
     store = await Store.open(path)
     try:
         engine = make_engine(world, on_event=events, retention=86_400)
-        engine.mark_ended([recent])  # what restore() would tell it from the state file
+        engine.remember_ended({recent: None})  # what restore() would tell it from the state file
         engine.add("old-and-running")
         finder = discovery(world, engine, store=store)
         async with Running(world, engine) as running:

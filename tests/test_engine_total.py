@@ -9,6 +9,7 @@ import sqlite3
 import tempfile
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -17,13 +18,13 @@ from structlog.testing import capture_logs
 from tests.support import Running, World, make_engine, run_until
 from watcher.cbr.auth import TokenAuthenticator
 from watcher.cbr.client import CbrClient
-from watcher.cbr.models import OperationLog
-from watcher.engine import INVARIANT_CHECK_INTERVAL, Engine, WatchedTask
-from watcher.events import TaskEvent
-from watcher.metrics import Metrics
-from watcher.server import Health
+from watcher.cbr.models import OperationLog, OpLogPage
+from watcher.delivery.recorder import StateRecorder
+from watcher.engine.engine import INVARIANT_CHECK_INTERVAL, Engine, WatchedTask
+from watcher.engine.events import TaskEvent
+from watcher.observe.metrics import Metrics
+from watcher.observe.server import Health
 from watcher.sim import SimTaskSpec, Simulator
-from watcher.state.recorder import StateRecorder
 from watcher.state.sqlite import Store
 from watcher.testing import FakeClock
 
@@ -55,6 +56,10 @@ class SurprisingClient:
             raise surprise("injected")
         return await self._client.show_op_log(task_id)
 
+    async def list_op_logs(self, **query: Any) -> OpLogPage:
+        """Forward."""
+        return await self._client.list_op_logs(**query)
+
     async def reload_credentials(self) -> None:
         """Forward."""
         await self._client.reload_credentials()
@@ -62,9 +67,7 @@ class SurprisingClient:
 
 def with_client(world: World, client: SurprisingClient, **options: object) -> Engine:
     """`make_engine`, polling through `client`."""
-    engine = make_engine(world, **options)
-    engine._client = client
-    return engine
+    return make_engine(world, client=client, **options)
 
 
 class Events:
@@ -214,7 +217,7 @@ async def test_a_lost_schedule_is_found_and_repaired(world: World) -> None:
     with capture_logs() as logs:
         async with Running(world, engine) as running:
             await running.until(lambda: all(engine.tasks[t].status for t in ids))
-            engine._heap.clear()  # simulate the bug
+            engine.scheduler.clear_heap()  # simulate the bug
             assert len(engine.check_invariants()) == 3
             await running.until(lambda: engine.check_invariants() == [], max_seconds=120)
             await running.until(engine.all_done)

@@ -7,8 +7,8 @@ from collections.abc import Callable
 
 import pytest
 
-from watcher import estimator
-from watcher.estimator import DEFAULT_TAIL, PLATEAU, RECENT, Estimate, TailPrior, Track
+from watcher.engine import estimator
+from watcher.engine.estimator import PLATEAU, RECENT, Estimate, Track
 
 Curve = Callable[[float], int]
 """Progress (0–100) at `t` seconds into the run."""
@@ -181,93 +181,3 @@ def test_minimum_uncertainty_is_honoured() -> None:
 
 
 # ---- the tail: a band, learned from the tasks that ended ----------------------------------
-
-
-def finished(duration: float, tail: float, every: float = 20.0) -> tuple[Track, float]:
-    """A CBR-like task polled every `every` s until its end: (last pending track, end seen)."""
-    curve = cbr_like(duration, tail=tail)
-    track = run_for(curve, until=duration - 1e-6, every=every)
-    return track, track.last_look + every
-
-
-def true_share(tail: float) -> float:
-    """What `tail_ratio` should measure for `cbr_like(…, tail=tail)`: the time after 100 %
-    would have been reached, over the time the task took to reach 99 %."""
-    return tail / (0.99 * (1 - tail))
-
-
-@pytest.mark.parametrize("tail", [0.03, 0.05, 0.12])
-def test_tail_ratio_measures_the_tail_a_task_really_had(tail: float) -> None:
-    """A finished task's share is what the band is about, whatever the tail was."""
-    track, seen = finished(6000.0, tail)
-    share = estimator.tail_ratio(track, ended_seen=seen)
-    # Within a sixth of the built-in band: the polls bound both ends to ±10 s.
-    assert share == pytest.approx(true_share(tail), abs=0.01)
-
-
-def test_a_tail_measured_with_polls_far_apart_is_not_learned() -> None:
-    """Polls minutes apart at the plateau's start say little about a short task's tail."""
-    track, seen = finished(1200.0, 0.05, every=120.0)
-    assert estimator.tail_ratio(track, ended_seen=seen) is None
-    assert estimator.tail_ratio(run_for(cbr_like(6000.0), until=3000), ended_seen=3060) is None
-
-
-def test_the_band_is_the_built_in_one_until_enough_tasks_ended() -> None:
-    """A few tails are not evidence: the built-in band holds until LEARN_AFTER of them."""
-    prior = TailPrior()
-    for n in range(estimator.LEARN_AFTER - 1):
-        prior.learn("backup", *finished(3000.0 + 300 * n, 0.12)[:1], ended_seen=0.0)
-    assert prior.band("backup") == DEFAULT_TAIL
-    track, seen = finished(5000.0, 0.12)
-    for _ in range(estimator.LEARN_AFTER):
-        prior.learn("backup", track, ended_seen=seen)
-    assert prior.band("backup") != DEFAULT_TAIL
-    assert prior.band("restore") == DEFAULT_TAIL
-
-
-def test_learned_tails_longer_than_the_built_in_band_move_the_band() -> None:
-    """Tails of 10–14 % of the run (beyond the built-in 3–8 %): the learned band covers them,
-    and the estimate on the plateau lands on the real end instead of before it."""
-    prior = TailPrior()
-    for n in range(40):
-        tail = 0.10 + 0.04 * n / 39
-        track, seen = finished(3000.0 + 100.0 * n, tail)
-        prior.learn("backup", track, ended_seen=seen)
-    band = prior.band("backup")
-    assert band.low <= true_share(0.10)
-    assert band.high >= true_share(0.14)
-    assert band.high - band.low < 0.12
-    duration, tail = 7000.0, 0.12
-    track = run_for(cbr_like(duration, tail=tail), until=duration * 0.9, every=20)
-    learned = estimator.estimate(track, duration * 0.9, tail=band)
-    built_in = estimator.estimate(track, duration * 0.9)
-    assert learned is not None
-    assert built_in is not None
-    assert abs(learned.end - duration) <= learned.uncertainty
-    assert built_in.end + built_in.uncertainty < duration
-
-
-def test_one_freak_tail_does_not_widen_every_later_window() -> None:
-    """A commit that hung once (a tail of half the run) is trimmed off the learned band."""
-    prior = TailPrior()
-    for n in range(60):
-        track, seen = finished(4000.0 + 50.0 * n, 0.05)
-        prior.learn("backup", track, ended_seen=seen)
-    narrow = prior.band("backup")
-    hung, seen = finished(4000.0, 0.5)
-    prior.learn("backup", hung, ended_seen=seen)
-    assert prior.band("backup").high == pytest.approx(narrow.high, abs=0.005)
-    assert narrow.high - narrow.low < DEFAULT_TAIL.high - DEFAULT_TAIL.low
-
-
-def test_the_prior_stays_bounded() -> None:
-    """Any number of ends and operation types: a bounded number of shares is remembered."""
-    prior = TailPrior()
-    track, seen = finished(3000.0, 0.05)
-    for n in range(estimator.LEARN_KEEP + 50):
-        prior.learn("backup", track, ended_seen=seen)
-        prior.learn(f"type-{n}", track, ended_seen=seen)
-    assert prior.learned("backup") == estimator.LEARN_KEEP
-    assert prior.learned(f"type-{estimator.LEARN_KEEP + 10}") == 0
-    prior.learn("backup", None, ended_seen=seen)  # a task without progress: nothing to learn
-    assert prior.learned("backup") == estimator.LEARN_KEEP

@@ -21,7 +21,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from watcher.cli import main
+from watcher.cli.main import main
 from watcher.config import (
     REDACTED,
     ConfigError,

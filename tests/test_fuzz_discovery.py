@@ -10,13 +10,13 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from watcher import batch
+from watcher.cbr.ids import is_valid_task_id
 from watcher.cbr.models import MalformedBodyError, OperationLog, OpLogPage
 from watcher.config.model import DiscoverSettings
-from watcher.discovery import Discovery
-from watcher.engine import Engine
-from watcher.schedule import Policy
-from watcher.task_ids import is_valid_task_id
+from watcher.engine import listing as batch
+from watcher.engine.engine import Engine
+from watcher.engine.schedule import Policy
+from watcher.sources.discovery import Discovery
 from watcher.testing import FakeClock
 
 STATUSES = st.sampled_from(["waiting", "running", "success", "failed", "skipped", "timeout"])

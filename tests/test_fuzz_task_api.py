@@ -29,11 +29,11 @@ from aiohttp import web
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from watcher.cbr.models import OperationLog
-from watcher.engine import Engine
-from watcher.schedule import Policy
+from watcher.cbr.models import OperationLog, OpLogPage
+from watcher.engine.engine import Engine
+from watcher.engine.schedule import Policy
+from watcher.sources.task_api.handlers import TaskApiRunner, make_task_api
 from watcher.state.sqlite import Store
-from watcher.task_api import TaskApiRunner, make_task_api
 from watcher.testing import FakeClock
 
 API_TOKEN = "fuzz-token"
@@ -58,6 +58,10 @@ class NoCloud:
     async def show_op_log(self, task_id: str) -> OperationLog:
         """Never called."""
         raise AssertionError(f"unexpected poll of {task_id}")
+
+    async def list_op_logs(self, **query: object) -> OpLogPage:
+        """Never called."""
+        raise AssertionError(f"unexpected listing {query}")
 
     async def reload_credentials(self) -> None:
         """Never called."""

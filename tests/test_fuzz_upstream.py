@@ -31,7 +31,7 @@ from watcher.cbr.models import (
     parse_show_body,
     parse_timestamp,
 )
-from watcher.http import RETRY_AFTER_CAP, parse_retry_after
+from watcher.net.client import RETRY_AFTER_CAP, parse_retry_after
 from watcher.safetext import has_surrogates
 from watcher.sim import bodies
 from watcher.sim.tasks import SimTaskSpec, realize, task_state

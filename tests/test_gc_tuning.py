@@ -11,10 +11,10 @@ import aiohttp
 import pytest
 
 from tests.support import start_daemon
-from watcher import gc_tuning
+from watcher.cli import gc_tuning
+from watcher.cli.gc_tuning import GcTuner, PauseRecorder
 from watcher.clock import RealClock
 from watcher.config import load_settings
-from watcher.gc_tuning import GcTuner, PauseRecorder
 from watcher.sim import Simulator
 from watcher.testing import FakeClock, drive_until
 

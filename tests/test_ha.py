@@ -38,8 +38,8 @@ from tests.test_prometheus import (
     substitute,
 )
 from watcher.clock import RealClock
-from watcher.demo_receiver import DemoReceiver, ReceivedWebhook
-from watcher.signing import sign, split_secrets
+from watcher.delivery.receiver import DemoReceiver, ReceivedWebhook
+from watcher.delivery.signing import parse_whsec, sign
 from watcher.sim import SimTaskSpec, Simulator
 from watcher.testing import FakeClock
 
@@ -187,7 +187,7 @@ async def test_demo_receiver_acts_once_per_webhook_id() -> None:
             headers = {
                 "webhook-id": webhook_id,
                 "webhook-timestamp": str(now),
-                "webhook-signature": sign(split_secrets(secret), webhook_id, now, body),
+                "webhook-signature": sign(parse_whsec(secret), webhook_id, now, body),
             }
             async with http.post(receiver.url, data=body, headers=headers) as response:
                 return response.status

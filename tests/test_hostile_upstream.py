@@ -14,12 +14,12 @@ import collections
 import pytest
 from structlog.testing import capture_logs
 
-import watcher.http
+import watcher.net.client
 from tests.support import World, make_engine
-from watcher.budget import SEND_JITTER_ALLOWANCE
-from watcher.engine import Engine
-from watcher.http import RETRY_AFTER_CAP
-from watcher.schedule import Policy
+from watcher.engine.budget import SEND_JITTER_ALLOWANCE
+from watcher.engine.engine import Engine
+from watcher.engine.schedule import Policy
+from watcher.net.client import RETRY_AFTER_CAP
 from watcher.sim import FaultProfile, SimTaskSpec
 from watcher.sim.faults import HOSTILE_FAULTS
 from watcher.testing import drive_until
@@ -120,8 +120,9 @@ async def test_random_hostile_profile_keeps_the_budget_on_the_wire(world: World)
 async def test_an_absurd_retry_after_is_clamped_to_the_cap(
     world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Retry-After: 99999999999 waits the cap (an hour), not three thousand years; warned once."""
-    monkeypatch.setattr(watcher.http, "_clamp_warned", False)
+    """Retry-After: 99999999999 is read as the reader's cap (an hour, warned once), and the
+    engine waits no longer than poll_interval_max: not three thousand years, not an hour."""
+    monkeypatch.setattr(watcher.net.client, "_clamp_warned", False)
     task_id = world.sim.add_task(
         SimTaskSpec(
             id="huge-ra", waiting=5, running=600, faults=["throttle_odd:huge", "throttle_odd:huge"]
@@ -133,8 +134,9 @@ async def test_an_absurd_retry_after_is_clamped_to_the_cap(
         await run_to_exit(world, engine)
     assert engine.tasks[task_id].end_reason == "success"
     times = [r.monotonic for r in world.sim.request_log if r.task_id == task_id]
+    assert engine.policy.interval_max < RETRY_AFTER_CAP
     for gap in (times[1] - times[0], times[2] - times[1]):
-        assert RETRY_AFTER_CAP <= gap <= RETRY_AFTER_CAP + 60
+        assert engine.policy.interval_max <= gap <= engine.policy.interval_max + 1
     warnings = [e for e in logs if e["event"] == "http.retry_after_clamped"]
     assert [w["retry_after"] for w in warnings] == ["99999999999"]
 

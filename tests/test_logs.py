@@ -17,7 +17,7 @@ import structlog
 
 from tests.daemon_process import clean_env, spawned
 from tests.support import fake_clock_now
-from watcher.logs import SafeLogger, configure_logging
+from watcher.observe.logs import SafeLogger, configure_logging
 from watcher.sim import SimTaskSpec, Simulator
 from watcher.testing import FakeClock
 

@@ -24,8 +24,9 @@ from watcher.cbr.auth import TokenAuthenticator
 from watcher.cbr.client import CbrClient
 from watcher.cbr.models import OperationLog
 from watcher.config import load_settings
-from watcher.engine import Engine, WatchedTask
-from watcher.events import (
+from watcher.coverage.freshness import ResourceKey, ResourceStatus
+from watcher.engine.engine import Engine, WatchedTask
+from watcher.engine.events import (
     TASK_FAILED,
     TASK_PROGRESS,
     TASK_SKIPPED,
@@ -35,14 +36,13 @@ from watcher.events import (
     WATCH_NOT_FOUND,
     TaskEvent,
 )
-from watcher.freshness import ResourceKey, ResourceStatus
-from watcher.metrics import (
+from watcher.engine.schedule import Policy
+from watcher.observe.metrics import (
     AGGREGATE_STATUSES,
     DURATION_BUCKETS,
     TASK_STATUSES,
     Metrics,
 )
-from watcher.schedule import Policy
 from watcher.sim import SimTaskSpec
 from watcher.testing import FakeClock, drive_until
 

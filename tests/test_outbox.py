@@ -12,9 +12,10 @@ from hypothesis import strategies as st
 
 from tests.test_webhooks import PROJECT, RAW_LOG, make_event
 from watcher.cbr.models import OperationLog
+from watcher.cli.wiring import build_outbox
 from watcher.config import Settings
-from watcher.events import EVENT_TYPES, TASK_PROGRESS, TaskEvent
-from watcher.outbox import Outbox, Route, receiver_wants
+from watcher.delivery.outbox import Outbox, Route, receiver_wants
+from watcher.engine.events import EVENT_TYPES, TASK_PROGRESS, TaskEvent
 
 SUCCEEDED_BODY = (
     b'{"type":"task.succeeded","timestamp":"2026-01-01T00:10:00.500Z","data":{"task_id":"task-1",'
@@ -145,7 +146,7 @@ def test_started_and_terminal_bodies_do_not_depend_on_when_the_watcher_noticed()
 def test_default_receivers_get_every_task_and_watch_event_but_progress() -> None:
     """The default `events` of a [[webhooks]] entry, as configured."""
     (receiver,) = Settings(webhooks=[{"name": "ops", "url": "https://x.example"}]).webhooks
-    outbox = Outbox.for_receivers([receiver], project_id=PROJECT)
+    outbox = build_outbox([receiver], project_id=PROJECT)
     routed = {t for t in EVENT_TYPES if outbox.receivers_for(t)}
     assert routed == set(EVENT_TYPES) - {TASK_PROGRESS, "test.ping"}
 

@@ -30,7 +30,7 @@ from tests.daemon_process import DaemonProcess, die_with_parent, spawned
 from tests.support import TestReceiver
 from tests.test_metrics import finished
 from watcher.clock import RealClock
-from watcher.metrics import Metrics
+from watcher.observe.metrics import Metrics
 from watcher.sim import SimTaskSpec, Simulator
 from watcher.testing import FakeClock
 

@@ -12,10 +12,10 @@ from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
 from watcher.cbr.models import OperationLog
-from watcher.engine import WatchedTask
-from watcher.events import TaskEvent
-from watcher.metrics import Metrics
-from watcher.payloads import event_body
+from watcher.delivery.payloads import event_body
+from watcher.engine.engine import WatchedTask
+from watcher.engine.events import TaskEvent
+from watcher.observe.metrics import Metrics
 from watcher.safetext import clean, json_bytes
 from watcher.state.rows import TaskRecord
 from watcher.state.sqlite import Store

@@ -20,8 +20,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.support import Running, World, make_engine, start_daemon
 from watcher.clock import RealClock
 from watcher.config import load_settings
-from watcher.metrics import Metrics
-from watcher.server import STALL_AFTER, Health, HttpListener, start_metrics_listener
+from watcher.observe.metrics import Metrics
+from watcher.observe.server import STALL_AFTER, Health, HttpListener, start_metrics_listener
 from watcher.sim import SimTaskSpec, Simulator
 from watcher.testing import FakeClock
 

@@ -15,7 +15,7 @@ import pytest
 from multidict import CIMultiDict
 
 from watcher.cbr.models import MalformedBodyError, parse_list_body, parse_show_body
-from watcher.config import parse_listen
+from watcher.net.listener import parse_listen
 from watcher.sim import FaultProfile, SimTaskSpec, Simulator, builtin_scenario, load_scenario
 from watcher.sim.__main__ import main as sim_main
 from watcher.sim.faults import HOSTILE_FAULTS, FaultInjector, parse_fault

@@ -13,8 +13,8 @@ import pytest
 
 from tests.daemon_process import DaemonProcess, clean_env, run_cli
 from watcher.state.connection import StoreError
+from watcher.state.lock import StateFileInUse, StateLock, lock_path_for, read_holder
 from watcher.state.sqlite import Store
-from watcher.state_lock import StateFileInUse, StateLock, lock_path_for, read_holder
 
 
 def test_lock_records_its_holder_and_refuses_a_second_acquire(tmp_path: Path) -> None:

@@ -14,19 +14,19 @@ import pytest
 from tests.daemon_process import clean_env, run_cli
 from tests.support import World, make_engine, run_until
 from watcher.cbr.models import OperationLog
-from watcher.engine import WatchedTask
-from watcher.events import TERMINAL_EVENT_FOR_STATUS, TaskEvent
-from watcher.freshness import ResourceKey, ResourceStatus
-from watcher.outbox import Outbox, Route
+from watcher.cli.restore import ENDED_TASK_RETENTION, restore
+from watcher.coverage.freshness import ResourceKey, ResourceStatus
+from watcher.delivery.outbox import Outbox, Route
+from watcher.delivery.recorder import StateRecorder
+from watcher.engine.engine import WatchedTask
+from watcher.engine.events import TERMINAL_EVENT_FOR_STATUS, TaskEvent
 from watcher.safetext import json_bytes
 from watcher.sim import SimTaskSpec
+from watcher.sources.task_api.handlers import start_task_api
 from watcher.state.connection import Connection, StoreError
-from watcher.state.recorder import StateRecorder
-from watcher.state.restore import ENDED_TASK_RETENTION, restore
 from watcher.state.rows import LastSuccess, OutboxEntry, TaskRecord
 from watcher.state.schema import SCHEMA_VERSION
 from watcher.state.sqlite import Store
-from watcher.task_api import start_task_api
 
 
 def record(task_id: str, **changes: object) -> TaskRecord:

@@ -23,14 +23,14 @@ import pytest
 from tests.daemon_process import reap, spawn
 from tests.support import Running, World, make_engine
 from watcher.clock import RealClock
-from watcher.sim import SimTaskSpec, Simulator
-from watcher.systemd import (
+from watcher.observe.systemd import (
     STATUS_MIN_INTERVAL,
     WATCHDOG_STALE_AFTER,
     SystemdNotifier,
     notify,
     watchdog_interval,
 )
+from watcher.sim import SimTaskSpec, Simulator
 
 TOKEN = "sd-notify-test-token"
 UNIX_PATH_MAX = 107  # sun_path is 108 bytes, including the terminating NUL
@@ -187,7 +187,7 @@ async def test_status_follows_the_engine_at_most_once_a_second(
     assert receiver.pending() == []  # unchanged
 
     # FakeClock's wall time started at 2026-01-01T00:00:00Z, two seconds ago.
-    engine.upstream_failing_since = world.clock.monotonic() - 5
+    engine.upstream.failing_since = world.clock.monotonic() - 5
     world.clock.advance(STATUS_MIN_INTERVAL)
     notifier.tick()
     assert receiver.pending() == [

@@ -20,10 +20,10 @@ from tests.support import TestReceiver, World, make_engine
 from tests.test_crash import env_for
 from tests.test_server import assert_port_released
 from watcher.clock import RealClock
+from watcher.delivery.recorder import StateRecorder
 from watcher.sim import SimTaskSpec, Simulator
-from watcher.state.recorder import StateRecorder
+from watcher.sources.task_api.handlers import MAX_BODY, start_task_api
 from watcher.state.sqlite import Store
-from watcher.task_api import MAX_BODY, start_task_api
 
 API_TOKEN = "api-token-for-tests"
 

@@ -12,9 +12,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import watcher.task_file
-from watcher.task_file import SOURCE, TaskFileSource
-from watcher.task_ids import InvalidTaskIdError, is_valid_task_id, parse_task_file
+import watcher.sources.task_file
+from watcher.cbr.ids import InvalidTaskIdError, is_valid_task_id, parse_task_file
+from watcher.sources.task_file import SOURCE, TaskFileSource
 
 VALID_IDS = st.from_regex(r"\A[A-Za-z0-9][A-Za-z0-9_-]{0,20}\Z")
 ONE_LINE = st.text(max_size=15).filter(lambda text: len(f"{text}x".splitlines()) == 1)
@@ -203,7 +203,7 @@ async def test_the_loop_keeps_turning_while_a_big_file_is_parsed(
         waited.append(turned.wait(timeout=30))
         return parse_task_file(text)
 
-    monkeypatch.setattr(watcher.task_file, "parse_task_file", slow_parse)
+    monkeypatch.setattr(watcher.sources.task_file, "parse_task_file", slow_parse)
     table = Table()
     source = TaskFileSource(path, table)
     loading = asyncio.create_task(source.load())

@@ -24,8 +24,7 @@ import pytest
 
 from tests.daemon_process import clean_env, reap, run_cli, spawn, spawned
 from tests.support import fake_clock_now
-from watcher.clock import RealClock
-from watcher.commands.wait_output import (
+from watcher.cli.commands.wait_output import (
     PlainView,
     Summary,
     TaskLine,
@@ -33,8 +32,9 @@ from watcher.commands.wait_output import (
     printable,
     summary_lines,
 )
-from watcher.events import TASK_FAILED, TaskEvent
-from watcher.payloads import event_data
+from watcher.clock import RealClock
+from watcher.delivery.payloads import event_data
+from watcher.engine.events import TASK_FAILED, TaskEvent
 from watcher.sim import SimTaskSpec, Simulator
 
 TOKEN = "wait-t0ken-value"

@@ -17,13 +17,14 @@ import standardwebhooks
 from tests.daemon_process import run_cli
 from tests.support import TestReceiver
 from watcher.cbr.models import OperationLog
+from watcher.cli.wiring import build_outbox
 from watcher.config import WebhookSettings
-from watcher.events import TaskEvent
-from watcher.outbox import Outbox
-from watcher.signing import sign, split_secrets, verify
+from watcher.delivery.outbox import Outbox
+from watcher.delivery.signing import parse_whsec, sign, verify
+from watcher.delivery.webhooks import Deliverer, DeliveryObserver, NullObserver, Receiver
+from watcher.engine.events import TaskEvent
 from watcher.state.sqlite import Store
 from watcher.testing import FakeClock, drive_until
-from watcher.webhooks import Deliverer, DeliveryObserver, NullObserver, Receiver
 
 SECRET = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
 OLD_SECRET = "whsec_" + base64.b64encode(b"an older secret, being rotated..").decode()
@@ -131,7 +132,7 @@ async def deliver(
 def outbox_of(deliverer: Deliverer) -> Outbox:
     """The outbox that routes to the deliverer's receivers, as the daemon builds it."""
     settings = [receiver.settings for receiver in deliverer.receivers.values()]
-    return Outbox.for_receivers(settings, project_id=PROJECT)
+    return build_outbox(settings, project_id=PROJECT)
 
 
 async def enqueue(deliverer: Deliverer, store: Store, *events: TaskEvent) -> None:
@@ -156,7 +157,7 @@ async def test_signature_verifies_with_standardwebhooks(setup: Setup) -> None:
 
 def test_rotation_signs_with_every_secret() -> None:
     """During rotation both secrets sign; a receiver holding either one verifies."""
-    keys = split_secrets(f"{SECRET} {OLD_SECRET}")
+    keys = parse_whsec(f"{SECRET} {OLD_SECRET}")
     body = b'{"type":"test.ping"}'
     now = int(time.time())
     header = sign(keys, "evt_1", now, body)
@@ -164,7 +165,7 @@ def test_rotation_signs_with_every_secret() -> None:
     for secret in (SECRET, OLD_SECRET):
         assert standardwebhooks.Webhook(secret).verify(body, headers) == {"type": "test.ping"}
         verify(
-            split_secrets(secret),
+            parse_whsec(secret),
             msg_id="evt_1",
             timestamp=str(now),
             signature_header=header,

@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 
 from tests.test_webhooks import RecordingObserver, Setup, deliver, enqueue, make_event, setup
 from watcher.config import WebhookSettings
+from watcher.delivery.webhooks import Receiver, post_once
 from watcher.testing import FakeClock
-from watcher.webhooks import Receiver, post_once
 
 __all__ = ["setup"]  # the fixture, re-used from test_webhooks
 

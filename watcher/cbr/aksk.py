@@ -22,7 +22,7 @@ from watcher.cbr.auth import (
     check_header_value,
 )
 from watcher.clock import Clock
-from watcher.http import parse_http_date
+from watcher.net.client import parse_http_date
 from watcher.redaction import redact_text
 
 log = structlog.get_logger("watcher.auth")

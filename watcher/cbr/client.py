@@ -40,6 +40,7 @@ from watcher.cbr.errors import (
     ThrottledError,
     TransientError,
 )
+from watcher.cbr.ids import validate_task_id
 from watcher.cbr.models import (
     MalformedBodyError,
     OperationLog,
@@ -49,10 +50,9 @@ from watcher.cbr.models import (
 )
 from watcher.cbr.signer import encode_query
 from watcher.clock import Clock
-from watcher.http import USER_AGENT, parse_retry_after
-from watcher.http import make_ssl_context as make_ssl_context
+from watcher.net.client import USER_AGENT, parse_retry_after
+from watcher.net.client import make_ssl_context as make_ssl_context
 from watcher.safetext import clean
-from watcher.task_ids import validate_task_id
 
 RequestObserver = Callable[[str, str, float], None]
 """Called after every request with (operation, code label, duration in seconds)."""

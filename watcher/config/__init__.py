@@ -24,7 +24,7 @@ from watcher.config.load import load_settings, require_runnable
 from watcher.config.model import Settings, WebhookSettings
 from watcher.config.render import render_effective
 from watcher.config.sources import ENV_PREFIX, KUBERNETES_SECRETS_DIR, default_secrets_dirs
-from watcher.config.types import DurationMark, parse_listen
+from watcher.config.types import DurationMark
 from watcher.redaction import REDACTED, redact_url
 
 __all__ = [
@@ -37,7 +37,6 @@ __all__ = [
     "WebhookSettings",
     "default_secrets_dirs",
     "load_settings",
-    "parse_listen",
     "redact_url",
     "render_effective",
     "require_runnable",

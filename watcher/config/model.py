@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal, Self
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from watcher.config.durations import format_duration
 from watcher.config.errors import OMIT, Invalid, Loc
 from watcher.config.sources import sources_for
 from watcher.config.types import (
@@ -41,7 +42,6 @@ from watcher.config.types import (
     at_most_one,
     choice,
 )
-from watcher.durations import format_duration
 
 
 class _Section(BaseModel):

@@ -8,9 +8,9 @@ from typing import Final
 
 from pydantic import BaseModel, SecretStr
 
+from watcher.config.durations import format_duration
 from watcher.config.model import Settings
 from watcher.config.types import DurationMark
-from watcher.durations import format_duration
 from watcher.redaction import REDACTED, is_url_key, redact_url
 
 _BARE_KEY: Final = re.compile(r"[A-Za-z0-9_-]+")

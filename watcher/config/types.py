@@ -1,17 +1,13 @@
 """Value types of the configuration: each is a parser or an `Annotated` pydantic type whose
 validators raise `Invalid` with the "expected …" half of the message.
 
-`parse_listen` and `parse_whsec` are the only parsers of their formats in the code base: the
-servers and the webhook signer use them too.
+The formats that other parts own are parsed by them: listen addresses by
+`watcher.net.listener.parse_listen`, webhook secrets by `watcher.delivery.signing.parse_whsec`,
+event patterns by `watcher.delivery.outbox.event_matches`.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import contextlib
-import fnmatch
-import ipaddress
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -20,38 +16,18 @@ from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, SecretStr
 
+from watcher.cbr.ids import TASK_ID_RULE, InvalidTaskIdError, is_valid_task_id, parse_task_file
+from watcher.config.durations import parse_duration
 from watcher.config.errors import Invalid
-from watcher.durations import parse_duration
-from watcher.events import EVENT_TYPES, TASK_PROGRESS
-from watcher.task_ids import TASK_ID_RULE, InvalidTaskIdError, is_valid_task_id, parse_task_file
+from watcher.delivery.outbox import event_matches
+from watcher.delivery.signing import WHSEC_RULE, is_whsec
+from watcher.engine.events import EVENT_TYPES
+from watcher.net.listener import parse_listen
 
-# Only named exactly: a glob such as "task.*" does not select it (SPEC §5).
-EXACT_ONLY_EVENT_TYPES: Final = frozenset({TASK_PROGRESS})
 # C0 controls and DEL: never valid in a header, a token or a URL.
 CONTROL: Final = re.compile(r"[\x00-\x1f\x7f]")
 
 # --- listen addresses ------------------------------------------------------------------------
-
-LISTEN_RULE: Final = "expected HOST:PORT such as 0.0.0.0:9471 or [::1]:9471"
-_LISTEN: Final = re.compile(r"(?:\[(?P<ipv6>[^\]]+)\]|(?P<host>[^\s:\[\]]*)):(?P<port>\d{1,5})")
-
-
-def parse_listen(value: str, *, default_host: str = "") -> tuple[str, int]:
-    """(host, port) from "HOST:PORT", "[IPv6]:PORT" (host without brackets) or ":PORT".
-
-    The one default-host rule: an empty HOST means `default_host`, which is "" — every
-    interface, as asyncio and aiohttp read it — unless the caller passes, say, "127.0.0.1".
-    Raises ValueError (LISTEN_RULE) otherwise.
-    """
-    match = _LISTEN.fullmatch(value)
-    if match is not None and int(match["port"]) <= 65535:
-        if match["ipv6"] is None:
-            return match["host"] or default_host, int(match["port"])
-        try:
-            return str(ipaddress.IPv6Address(match["ipv6"])), int(match["port"])
-        except ValueError:
-            pass
-    raise ValueError(LISTEN_RULE)
 
 
 def _listen(value: str) -> str:
@@ -70,38 +46,6 @@ Listen = Annotated[str, AfterValidator(_listen)]
 ListenOrEmpty = Annotated[str, AfterValidator(_listen_or_empty)]
 
 # --- Standard Webhooks secrets ---------------------------------------------------------------
-
-WHSEC_PREFIX: Final = "whsec_"
-WHSEC_RULE: Final = '"whsec_" followed by base64'
-
-
-def parse_whsec(value: str) -> list[bytes]:
-    """The HMAC keys in `value`: one "whsec_<base64>" secret, or several separated by
-    whitespace while a secret is being rotated. Each must decode to at least one byte.
-
-    Raises ValueError naming the expected form, never the value.
-    """
-    keys: list[bytes] = []
-    for part in value.split():
-        key = b""
-        if part.startswith(WHSEC_PREFIX):
-            with contextlib.suppress(binascii.Error, ValueError):
-                key = base64.b64decode(part.removeprefix(WHSEC_PREFIX), validate=True)
-        if not key:
-            raise ValueError(f"a webhook secret must be {WHSEC_RULE}")
-        keys.append(key)
-    if not keys:
-        raise ValueError(f"a webhook secret must be {WHSEC_RULE}")
-    return keys
-
-
-def is_whsec(value: str) -> bool:
-    """Whether `parse_whsec(value)` accepts `value`."""
-    try:
-        parse_whsec(value)
-    except ValueError:
-        return False
-    return True
 
 
 def _whsec_or_empty(value: SecretStr) -> SecretStr:
@@ -305,14 +249,6 @@ def _labels(value: dict[str, str]) -> dict[str, str]:
                 f"label {name!r}: expected up to {MAX_LABEL_VALUE} characters, no control ones"
             )
     return value
-
-
-def event_matches(event_type: str, pattern: str) -> bool:
-    """Whether `pattern` (an event type or a glob) selects `event_type`; exact-only types
-    need their full name."""
-    if event_type == pattern:
-        return True
-    return event_type not in EXACT_ONLY_EVENT_TYPES and fnmatch.fnmatchcase(event_type, pattern)
 
 
 def _event_pattern(value: str) -> str:

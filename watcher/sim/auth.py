@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from watcher.clock import Clock
-from watcher.durations import parse_duration
+from watcher.config.durations import parse_duration
 from watcher.sim.signature import SignedCall, parse_authorization, verify
 
 DEFAULT_TOKEN_LIFETIME = 24 * 3600.0

@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 
+from watcher.cbr.ids import validate_task_id
 from watcher.clock import Clock
 from watcher.sim.auth import DEFAULT_TOKEN_LIFETIME, AccessKey, SimAuth, User
 from watcher.sim.faults import FaultInjector, FaultProfile, parse_fault
@@ -22,7 +23,6 @@ from watcher.sim.iam import IamApi
 from watcher.sim.listing import NewestFirst
 from watcher.sim.policies import PolicySchedule, PolicySpec
 from watcher.sim.tasks import SimTask, SimTaskSpec, TaskState, random_uuid, realize, task_state
-from watcher.task_ids import validate_task_id
 
 DEFAULT_PROJECT_ID = "04f1829c788037ac2fb8c01eb2b04b95"
 DEFAULT_TOKENS = ("sim-token",)

@@ -17,8 +17,8 @@ import math
 import random
 from dataclasses import dataclass
 
+from watcher.cbr.ids import validate_task_id
 from watcher.sim.tasks import NAME_PREFIX, STYLES, SimTask, SimTaskSpec, random_uuid, realize
-from watcher.task_ids import validate_task_id
 
 MAX_RESOURCES = 100_000
 # A clock jumping years ahead must not make a policy build millions of tasks in one request.

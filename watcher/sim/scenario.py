@@ -71,6 +71,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from watcher.cbr.ids import TASK_ID_PATTERN
 from watcher.clock import Clock
 from watcher.sim.auth import (
     DEFAULT_TOKEN_LIFETIME,
@@ -85,7 +86,6 @@ from watcher.sim.policies import PolicySpec
 from watcher.sim.simulator import DEFAULT_PROJECT_ID, DEFAULT_TOKENS, Simulator
 from watcher.sim.specs import policy_from_mapping, profile_from_mapping, spec_from_mapping
 from watcher.sim.tasks import SimTaskSpec
-from watcher.task_ids import TASK_ID_PATTERN
 
 SCENARIO_KEYS = frozenset(
     {

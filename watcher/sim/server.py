@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TextIO
 
 from watcher.clock import Clock, RealClock
-from watcher.config import parse_listen
+from watcher.net.listener import parse_listen
 from watcher.sim.scenario import builtin_scenario, load_scenario
 from watcher.sim.serving import SHUTDOWN_TIMEOUT, SimServer, serve
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from watcher.listener import HttpListener, format_listen, http_url
+from watcher.net.listener import HttpListener, format_listen, http_url
 from watcher.sim.app import make_app
 from watcher.sim.core import SimCore
 

@@ -10,11 +10,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import fields
 from typing import Any
 
-from watcher.durations import parse_duration
+from watcher.cbr.ids import validate_task_id
+from watcher.config.durations import parse_duration
 from watcher.sim.faults import FaultProfile, parse_fault
 from watcher.sim.policies import PolicySpec
 from watcher.sim.tasks import Phase, SimTaskSpec
-from watcher.task_ids import validate_task_id
 
 _DURATION_KEYS = frozenset({"waiting", "running", "visible_after"})
 _NUMBER_KEYS = frozenset({"progress_exponent", "stop_at"})

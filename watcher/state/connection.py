@@ -18,8 +18,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
+from watcher.state.lock import StateFileInUse, StateLock
 from watcher.state.schema import MIGRATIONS, SCHEMA_VERSION
-from watcher.state_lock import StateFileInUse, StateLock
 
 _T = TypeVar("_T")
 
@@ -84,7 +84,7 @@ class Connection:
 
     async def open(self) -> None:
         """Lock, open and migrate; StoreError if the file is unusable or locked by another
-        process (see `watcher.state_lock`). `lock=False` skips the daemon lock, for a command
+        process (see `watcher.state.lock`). `lock=False` skips the daemon lock, for a command
         used next to a running daemon; SQLite's own locking keeps the two writers apart."""
         await self.run(self._open)
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from watcher.cbr.models import MalformedBodyError, OperationLog
+from watcher.engine.task import WatchedTask, frozen_labels
 from watcher.state.rows import TaskRecord
-from watcher.task_row import WatchedTask, frozen_labels
 
 
 def snapshot(task: WatchedTask) -> TaskRecord:

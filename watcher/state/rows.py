@@ -33,7 +33,7 @@ class TaskRecord:
 
 @dataclass(frozen=True, slots=True)
 class OutboxEntry:
-    """One event for one receiver, with the exact bytes to send (see `watcher.outbox`)."""
+    """One event for one receiver, with the exact bytes to send (see `watcher.delivery.outbox`)."""
 
     event_id: str
     receiver: str

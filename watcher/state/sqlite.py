@@ -2,7 +2,7 @@
 survive a restart, and what discovery remembers; all in one SQLite file.
 
 A task's new state and the rows it produced are committed together, before anything is
-delivered (see `watcher.state.recorder`). The file is opened, locked and migrated by
+delivered (see `watcher.delivery.recorder`). The file is opened, locked and migrated by
 `watcher.state.connection`; its tables are in `watcher.state.schema`.
 """
 
@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from watcher.freshness import ResourceKey, ResourceStatus
+from watcher.coverage.freshness import ResourceKey, ResourceStatus
 from watcher.safetext import clean
 from watcher.state.connection import Connection, transaction
 from watcher.state.rows import DeadLetter, LastSuccess, OutboxEntry, PendingDelivery, TaskRecord
@@ -39,7 +39,7 @@ class Store:
     @classmethod
     async def open(cls, path: str, *, lock: bool = True) -> Store:
         """Lock, open (creating if needed) and migrate the state file; StoreError if it is
-        unusable or another process has it open (see `watcher.state_lock`).
+        unusable or another process has it open (see `watcher.state.lock`).
 
         `lock=False` opens it without the daemon lock, next to a running daemon (for the
         `dead-letters` command); SQLite's own locking keeps the two writers apart.

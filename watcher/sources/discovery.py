@@ -1,0 +1,247 @@
+"""Discovery (SPEC §9): find the tasks nobody named — backups started by policies — and watch them.
+
+Each `[[watch.discover]]` block is one ListOpLogs filter (one query per operation type it
+names: CBR takes one type per request). Every `discover_interval` each query lists the tasks
+*created* since its cursor (no status filter, so a task that started and ended between two
+looks is on the list with its terminal status, and the engine sends its terminal event once).
+The first look of a process also lists the query's `running` and `waiting` tasks, which finds
+long tasks created before the window.
+
+The cursor of a query is the newest CBR `created_at` it has seen (CBR's clock, not ours), kept
+in the state file; each look starts `CURSOR_OVERLAP` before it, for tasks that become visible
+a little after they were created. Tasks already watched, ended (the state file keeps them for
+30 days) or removed through the task API are skipped, so the overlap and restarts announce
+nothing twice. With no cursor yet (the very first start, or a new block) the window starts
+`discover_lookback` ago.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import structlog
+
+from watcher.cbr.errors import CbrError, ThrottledError
+from watcher.cbr.models import OperationLog
+from watcher.clock import Clock
+from watcher.config.model import DiscoverSettings
+from watcher.engine import listing as batch
+from watcher.engine.engine import Engine
+
+log = structlog.get_logger("watcher.discovery")
+
+CURSOR_KEY = "discovery.cursors"
+CURSOR_OVERLAP = 600.0
+"""Each look re-lists this many seconds before the cursor (late-visible tasks)."""
+ACTIVE_STATUSES = ("running", "waiting")
+
+
+class CursorStore(Protocol):
+    """Where the cursors survive a restart (the state database's meta table)."""
+
+    async def get_meta(self, key: str) -> str | None:
+        """The stored value of `key`, or None."""
+        ...
+
+    async def set_meta(self, key: str, value: str) -> None:
+        """Store `value` under `key` durably."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    """One ListOpLogs filter of one block (one operation type at most)."""
+
+    filters: Mapping[str, str]
+    labels: Mapping[str, str]
+
+    @property
+    def key(self) -> str:
+        """A stable name for the query's cursor."""
+        return json.dumps(dict(sorted(self.filters.items())), separators=(",", ":"))
+
+
+def queries_for(blocks: Sequence[DiscoverSettings]) -> list[Query]:
+    """The ListOpLogs queries the blocks stand for."""
+    queries: list[Query] = []
+    for block in blocks:
+        base = block.filters()
+        types: list[str | None] = list(block.operation_type) or [None]
+        for operation_type in types:
+            filters = dict(base)
+            if operation_type is not None:
+                filters["operation_type"] = operation_type
+            queries.append(Query(filters=filters, labels=dict(block.labels)))
+    return queries
+
+
+@dataclass(slots=True)
+class LookResult:
+    """What one look found."""
+
+    listed: int = 0
+    watched: list[str] = field(default_factory=list)
+    pages: int = 0
+    failed: int = 0
+    """Queries whose listing failed (retried at the next look)."""
+
+
+class Discovery:
+    """Lists the configured queries every `interval` and hands new tasks to the engine."""
+
+    def __init__(
+        self,
+        *,
+        client: batch.ListApi,
+        engine: Engine,
+        clock: Clock,
+        blocks: Sequence[DiscoverSettings],
+        interval: float,
+        lookback: float,
+        cursors: CursorStore | None = None,
+    ) -> None:
+        self._client = client
+        self._engine = engine
+        self._clock = clock
+        self.queries = queries_for(blocks)
+        self._interval = interval
+        self._lookback = lookback
+        self._store = cursors
+        self._cursors: dict[str, float] | None = None
+        self._first_look = True
+        self._failing = False
+        self.looks = 0
+        self.discovered = 0
+
+    async def run(self) -> None:
+        """Look every `interval` until cancelled; never raises."""
+        while True:
+            try:
+                await self.look()
+            except Exception as error:  # a bug here must not end discovery
+                log.error(
+                    "discovery.internal_error",
+                    error_type=type(error).__name__,
+                    error=str(error)[:200],
+                )
+            await self._clock.sleep(self._interval)
+
+    async def look(self) -> LookResult:
+        """One round over every query; new tasks are watched before it returns."""
+        cursors = await self._load_cursors()
+        result = LookResult()
+        for query in self.queries:
+            try:
+                await self._look_for(query, cursors, result)
+            except CbrError as error:
+                result.failed += 1
+                if isinstance(error, ThrottledError) and error.retry_after is not None:
+                    # The quota is shared by every request: nobody calls before it resets.
+                    self._engine.budget.pause_until(self._clock.monotonic() + error.retry_after)
+                if not self._failing:
+                    log.warning(
+                        "discovery.list_failed",
+                        query=query.key,
+                        error=error.message,
+                        code=error.code_label,
+                    )
+                self._failing = True
+        if not result.failed and self._failing:
+            log.info("discovery.recovered")
+            self._failing = False
+        if not result.failed:
+            self._first_look = False  # the running/waiting listings worked at least once
+        self.looks += 1
+        self.discovered += len(result.watched)
+        await self._save_cursors(cursors)
+        if result.watched:
+            log.info(
+                "discovery.found",
+                count=len(result.watched),
+                listed=result.listed,
+                pages=result.pages,
+            )
+        return result
+
+    async def _look_for(self, query: Query, cursors: dict[str, float], result: LookResult) -> None:
+        now = self._clock.wall()
+        cursor = cursors.get(query.key)
+        since = now - self._lookback if cursor is None else cursor - CURSOR_OVERLAP
+        listings = [batch.Listing({**query.filters, "start_time": batch.cbr_time(since)})]
+        if self._first_look:
+            listings += [batch.Listing({**query.filters, "status": s}) for s in ACTIVE_STATUSES]
+        newest = cursor if cursor is not None else since
+        for listing in listings:
+            found = await batch.list_all(
+                self._client, listing, wanted=(), acquire=self._engine.acquire_request
+            )
+            result.pages += found.pages
+            result.listed += len(found.found)
+            for operation_log in found.found.values():
+                created = _created(operation_log)
+                if "start_time" in listing.query and created is not None:
+                    newest = max(newest, created)
+                if await self._watch(operation_log, query):
+                    result.watched.append(operation_log.id)
+        cursors[query.key] = newest
+
+    async def _watch(self, operation_log: OperationLog, query: Query) -> bool:
+        if self._engine.knows(operation_log.id):
+            return False
+        try:
+            return await self._engine.discovered(operation_log, query.labels)
+        except ValueError:  # an ID the engine refuses (InvalidTaskIdError): skip it
+            log.warning("discovery.bad_task_id", task_id=operation_log.id[:100])
+            return False
+
+    async def _load_cursors(self) -> dict[str, float]:
+        if self._cursors is not None:
+            return self._cursors
+        self._cursors = {}
+        if self._store is not None:
+            raw = await self._store.get_meta(CURSOR_KEY)
+            self._cursors = _parse_cursors(raw)
+        return self._cursors
+
+    async def _save_cursors(self, cursors: dict[str, float]) -> None:
+        if self._store is None:
+            return
+        try:
+            await self._store.set_meta(CURSOR_KEY, json.dumps(cursors, sort_keys=True))
+        except Exception as error:
+            # The next look saves again; a restart meanwhile re-lists the overlap and skips
+            # every task it already knows.
+            log.warning(
+                "discovery.cursor_not_saved",
+                error_type=type(error).__name__,
+                error=str(error)[:200],
+            )
+
+
+def _created(operation_log: OperationLog) -> float | None:
+    created_at = operation_log.created_at
+    return created_at.timestamp() if created_at is not None else None
+
+
+def _parse_cursors(raw: str | None) -> dict[str, float]:
+    """Stored cursors; anything unreadable counts as none (a first look, with lookback)."""
+    if not raw:
+        return {}
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        log.warning("discovery.cursor_unreadable")
+        return {}
+    if not isinstance(value, dict):
+        return {}
+    return {
+        str(key): float(cursor)
+        for key, cursor in value.items()
+        if isinstance(cursor, int | float)
+        and not isinstance(cursor, bool)
+        and math.isfinite(cursor)
+    }
