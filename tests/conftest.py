@@ -10,11 +10,7 @@ import pytest
 import structlog
 
 from tests.daemon_process import kill_leftovers
-from tests.support import World
-from watcher.cbr.auth import TokenAuthenticator
-from watcher.cbr.client import CbrClient
-from watcher.sim import Simulator
-from watcher.testing import FakeClock
+from tests.support import World, open_world
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -49,17 +45,5 @@ def _no_leaked_processes() -> Generator[None, None, None]:
 @pytest.fixture
 async def world(tmp_path: Path) -> AsyncIterator[World]:
     """Everything on one FakeClock; the client reads its token from a file that tests rotate."""
-    clock = FakeClock()
-    sim = Simulator(clock, tokens=["token-1"], seed=11)
-    token_file = tmp_path / "token"
-    token_file.write_text("token-1\n")
-    async with sim.running() as base_url:
-        client = CbrClient(
-            endpoint=base_url,
-            project_id=sim.project_id,
-            auth=TokenAuthenticator(token_file=token_file),
-            clock=clock,
-            request_timeout=10.0,
-        )
-        async with client:
-            yield World(clock, sim, base_url, client, token_file)
+    async with open_world(tmp_path) as world:
+        yield world

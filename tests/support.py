@@ -5,14 +5,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import socket
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
+from watcher.cbr.auth import TokenAuthenticator
 from watcher.cbr.client import CbrClient
 from watcher.cli.daemon import DaemonHandle, run_daemon
 from watcher.clock import Clock
@@ -31,6 +33,13 @@ def fake_clock_now() -> FakeClock:
     clock; the tasks still move only when the test advances this clock.
     """
     return FakeClock(start_wall=time.time(), start_monotonic=time.monotonic())
+
+
+def free_port() -> int:
+    """An unused TCP port on 127.0.0.1."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 class Events:
@@ -57,6 +66,25 @@ class World:
     base_url: str
     client: CbrClient
     token_file: Path
+
+
+@contextlib.asynccontextmanager
+async def open_world(tmp: Path, *, seed: int = 11) -> AsyncIterator[World]:
+    """A World on a new FakeClock; the client reads its token from `tmp/token`, which tests
+    rotate. The `world` fixture; hypothesis examples, which cannot take it, enter this."""
+    clock = FakeClock()
+    sim = Simulator(clock, tokens=["token-1"], seed=seed)
+    token_file = tmp / "token"
+    token_file.write_text("token-1\n")
+    async with sim.running() as base_url:
+        client = CbrClient(
+            endpoint=base_url,
+            project_id=sim.project_id,
+            auth=TokenAuthenticator(token_file=token_file),
+            clock=clock,
+        )
+        async with client:
+            yield World(clock, sim, base_url, client, token_file)
 
 
 def make_engine(world: World, **overrides: Any) -> Engine:

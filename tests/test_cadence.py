@@ -193,15 +193,12 @@ def test_never_later_than_the_maximum_once_the_estimate_passes(
     duration: float, tail: float, exponent: float, seed: int
 ) -> None:
     """Whatever the tail (inside the band or far beyond it), a task that ends on its plateau
-    is seen within poll_interval_max of its end; inside the built-in band (up to 8 % of the
-    run), within the near-end interval."""
+    is seen within poll_interval_max of its end."""
     curve = cbr_curve(duration, tail, exponent)
     _, delay, decisions = follow(curve, duration, seed=seed)
     assert 0 <= delay <= POLICY.interval_max
     on_plateau = [d for d in decisions if d.state.track and d.state.track.plateau]
     assert all(d.delay <= POLICY.interval_max for d in on_plateau)
-    if tail <= 0.08 and duration >= 1800:
-        assert delay <= schedule.NEAR_END_EDGE * POLICY.interval_min + 1e-9
 
 
 # ---- precedence: Retry-After, errors, 404 grace and the deadline over the estimate -------------
@@ -298,8 +295,9 @@ def test_any_sample_sequence_gives_a_bounded_delay_never_past_the_deadline(
 
 
 async def test_a_long_task_costs_about_one_poll_per_progress_interval(world: World) -> None:
-    """4 h of steady progress: about duration / progress_interval polls, plus a bounded
-    number near the end, and the end seen within poll_interval_max."""
+    """4 h of steady progress, one task alone (no sweep pays): about one look per
+    min(progress_interval, poll_interval_max) — the hard cap wins over progress_interval —
+    plus a bounded number near the end, and the end seen within poll_interval_max."""
     running = 4 * 3600.0
     task_id = world.sim.add_task(
         SimTaskSpec(id="long", waiting=30, running=running, progress_exponent=1.0)
@@ -310,12 +308,12 @@ async def test_a_long_task_costs_about_one_poll_per_progress_interval(world: Wor
     task = engine.tasks[task_id]
     assert task.end_reason == "success"
     requests = world.sim.request_count(task_id)
-    far = running / 120.0
+    far = running / min(engine.policy.progress_interval, engine.policy.interval_max)
     reasons = engine.stats.poll_reasons
     assert 0.9 * far <= reasons["progress"] <= 1.1 * far
     near = reasons["near_end"] + reasons["approach"] + reasons["overdue"]
     assert near <= 60
-    assert requests <= far * 1.1 + 90  # a fixed 15 s poller would make 960
+    assert requests <= far * 1.1 + 90
     end = world.sim.tasks[task_id].end_wall
     assert end is not None
     assert task.ended_wall is not None

@@ -1,4 +1,5 @@
-"""Metrics (SPEC §7): names, types and labels, the per-task collector, retention and the cap.
+"""Metrics (docs/metrics.md): names, types and labels, the per-task collector, retention and
+the cap.
 
 The engine runs against the simulator on a fake clock; scrapes are parsed with
 prometheus_client's own parsers, so assertions are on what Prometheus would store.
@@ -13,7 +14,6 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from prometheus_client import generate_latest
 from prometheus_client.openmetrics.parser import (
     text_string_to_metric_families as parse_openmetrics,
 )
@@ -51,10 +51,12 @@ OPENMETRICS = "application/openmetrics-text; version=1.0.0; charset=utf-8"
 Series = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
-def parse(text: str) -> Series:
-    """Every sample of a text-format scrape, keyed by (name, labels)."""
+def parse(text: str, *, openmetrics: bool = False) -> Series:
+    """Every sample of a scrape (text 0.0.4, or OpenMetrics), keyed by (name, labels), as
+    prometheus_client's parser of that format reads it."""
+    parser = parse_openmetrics if openmetrics else text_string_to_metric_families
     series: Series = {}
-    for family in text_string_to_metric_families(text):
+    for family in parser(text):
         for sample in family.samples:
             key = (sample.name, frozenset(sample.labels.items()))
             assert key not in series, f"duplicate series {key}"
@@ -488,40 +490,99 @@ def _odd_table(clock: FakeClock, count: int = 60) -> Table:
     return table
 
 
+HAND_WRITTEN = (
+    "cbr_watcher_tasks",
+    "cbr_watcher_task_progress_ratio",
+    "cbr_watcher_task_status",
+    "cbr_watcher_task_info",
+    "cbr_watcher_task_started_timestamp_seconds",
+    "cbr_watcher_task_last_progress_timestamp_seconds",
+    "cbr_watcher_task_estimated_end_timestamp_seconds",
+    "cbr_watcher_resource_last_success_timestamp_seconds",
+    "cbr_watcher_resource_last_status",
+)
+"""The families `render` writes itself, rather than through prometheus_client's encoder."""
+
+
+def without_created(series: Series) -> Series:
+    """`series` without the `_created` samples (the two formats type them differently)."""
+    return {key: v for key, v in series.items() if not key[0].endswith("_created")}
+
+
+def expected_task_samples(table: Table) -> Series:
+    """What the task families must say about `table`, every task exported, derived from the
+    tasks themselves."""
+    expected: Series = {}
+    counts = dict.fromkeys(AGGREGATE_STATUSES, 0)
+
+    def put(name: str, number: float, **labels: str) -> None:
+        expected[(name, frozenset(labels.items()))] = number
+
+    for task in table.tasks.values():
+        task_id = task.task_id
+        current = "expired" if task.end_reason == "expired" else task.status or "unknown"
+        counts[current] = counts.get(current, 0) + 1
+        for status in {*TASK_STATUSES, current}:
+            put(
+                "cbr_watcher_task_status",
+                1 if status == current else 0,
+                task_id=task_id,
+                status=status,
+            )
+        if task.progress is not None:
+            put("cbr_watcher_task_progress_ratio", task.progress / 100, task_id=task_id)
+        put("cbr_watcher_task_started_timestamp_seconds", JAN_1, task_id=task_id)
+        put("cbr_watcher_task_last_progress_timestamp_seconds", JAN_1 + 30, task_id=task_id)
+        log = task.operation_log
+        if log is not None:
+            put(
+                "cbr_watcher_task_info",
+                1,
+                task_id=task_id,
+                operation_type="backup",
+                vault_id="vault-1",
+                vault_name=log.vault_name or "",
+                resource_id="",
+                resource_name=log.resource.name or "",
+                resource_type="OS::Nova::Server",
+            )
+    for status, count in counts.items():
+        put("cbr_watcher_tasks", count, status=status)
+    return expected
+
+
 @pytest.mark.parametrize("accept", ["", OPENMETRICS])
-def test_fast_renderer_matches_prometheus_client(accept: str) -> None:
-    """`render` writes the task families by hand; they equal prometheus_client's encoding."""
+def test_hand_written_families_parse_back_to_what_the_tasks_say(accept: str) -> None:
+    """Label values that need escaping (quotes, backslashes, newlines, non-ASCII, empty, a lone
+    surrogate) come back from prometheus_client's parser exactly as the tasks and resources
+    had them; rendering again from the cached lines gives the same exposition."""
     clock = FakeClock()
     metrics = Metrics(clock=clock, process_metrics=False)
-    metrics.attach(_odd_table(clock))
+    table = _odd_table(clock)
+    metrics.attach(table)
     names = ['quote"d', "back\\slash", "new\nline", "ünïcode ✓", "", "lone \udc80"]
+    expected = expected_task_samples(table)
     for n, name in enumerate(names):
         status = ("success", "failed", "timeout", "skipped")[n % 4]
         metrics.record_event(
             finished(f"r{n}", status, ended_minute=n, resource_id=f"res-{n}", resource_name=name)
         )
-    metrics.render(accept)  # fill the renderer's cache, then render from it
-    fast, content_type = metrics.render(accept)
-    if accept:
-        from prometheus_client.openmetrics.exposition import generate_latest as generate_om
-
-        assert content_type.startswith("application/openmetrics-text")
-        slow = generate_om(metrics.registry)  # type: ignore[no-untyped-call]
-    else:
-        slow = generate_latest(metrics.registry)
-
-    def samples(text: bytes) -> set[tuple[str, tuple[tuple[str, str], ...], float]]:
-        parser = parse_openmetrics if accept else text_string_to_metric_families
-        return {
-            (s.name, tuple(sorted(s.labels.items())), s.value)
-            for family in parser(text.decode())
-            for s in family.samples
-            if not s.name.endswith("_created")
-        }
-
-    assert samples(fast) == samples(slow)
-    assert len(samples(fast)) > 300
-    assert len([s for s in samples(fast) if s[0] == "cbr_watcher_resource_last_status"]) == 6
+        named = {"resource_name": name.replace("\udc80", "\ufffd")} if name else {}
+        labels = resource_labels(f"res-{n}", **named)  # `finished` names a nameless one
+        expected[(LAST_STATUS, frozenset(labels.items()))] = 1 if status == "success" else 0
+        if status == "success":
+            expected[(LAST_SUCCESS, frozenset(labels.items()))] = JAN_1 + n * 60
+    cold, content_type = metrics.render(accept)
+    warm, _ = metrics.render(accept)
+    assert warm == cold
+    openmetrics = bool(accept)
+    assert content_type.startswith("application/openmetrics-text" if openmetrics else "text/")
+    series = parse(warm.decode(), openmetrics=openmetrics)
+    assert {key: v for key, v in series.items() if key[0] in HAND_WRITTEN} == expected
+    other, _ = metrics.render("" if openmetrics else OPENMETRICS)
+    assert without_created(parse(other.decode(), openmetrics=not openmetrics)) == without_created(
+        series
+    )
 
 
 def test_openmetrics_exposition_is_valid_and_ends_once() -> None:
@@ -662,6 +723,21 @@ def resource_labels(
     return labels
 
 
+def stored_row(
+    resource_id: str, last_status: str, last_ended: float, last_success_ended: float | None
+) -> ResourceStatus:
+    """A backup resource's row as the state database keeps it, named as `finished` names it."""
+    return ResourceStatus(
+        key=ResourceKey(resource_id, "backup"),
+        resource_name=f"name-of-{resource_id}",
+        resource_type="OS::Nova::Server",
+        vault_id="vault-1",
+        last_status=last_status,
+        last_ended=last_ended,
+        last_success_ended=last_success_ended,
+    )
+
+
 def finished(
     task_id: str,
     status: str,
@@ -793,24 +869,8 @@ def test_restored_rows_are_exported_and_merged_with_new_tasks() -> None:
     metrics.record_event(failed_before_restart)  # an event may beat the restore
     metrics.restore_resources(
         [
-            ResourceStatus(
-                key=ResourceKey("res-1", "backup"),
-                resource_name="name-of-res-1",
-                resource_type="OS::Nova::Server",
-                vault_id="vault-1",
-                last_status="success",
-                last_ended=JAN_1 + 100 * 60,
-                last_success_ended=JAN_1 + 100 * 60,
-            ),
-            ResourceStatus(
-                key=ResourceKey("res-2", "backup"),
-                resource_name="name-of-res-2",
-                resource_type="OS::Nova::Server",
-                vault_id="vault-1",
-                last_status="timeout",
-                last_ended=JAN_1 + 20 * 60,
-                last_success_ended=None,
-            ),
+            stored_row("res-1", "success", JAN_1 + 100 * 60, JAN_1 + 100 * 60),
+            stored_row("res-2", "timeout", JAN_1 + 20 * 60, None),
         ]
     )
     series = scrape(metrics)
@@ -842,15 +902,7 @@ def test_resource_series_are_capped_and_each_left_out_resource_counted_once() ->
     # Restoring more rows than the cap keeps the most recently ended ones.
     restored = Metrics(clock=FakeClock(), max_task_series=1)
     restored.restore_resources(
-        ResourceStatus(
-            key=ResourceKey(resource_id, "backup"),
-            resource_name=f"name-of-{resource_id}",
-            resource_type="OS::Nova::Server",
-            vault_id="vault-1",
-            last_status="success",
-            last_ended=ended,
-            last_success_ended=ended,
-        )
+        stored_row(resource_id, "success", ended, ended)
         for resource_id, ended in (("res-old", JAN_1), ("res-new", JAN_1 + 60))
     )
     series = scrape(restored)

@@ -12,10 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import re
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -26,8 +24,8 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.daemon_process import DaemonProcess, die_with_parent, spawned
-from tests.support import TestReceiver
+from tests.daemon_process import DaemonProcess, die_with_parent, fast_daemon_env, spawned
+from tests.support import TestReceiver, free_port
 from tests.test_metrics import finished
 from watcher.clock import RealClock
 from watcher.observe.metrics import Metrics
@@ -46,8 +44,8 @@ needs_prometheus = pytest.mark.skipif(
     PROMETHEUS is None, reason="prometheus (the server) is not installed"
 )
 
-SPEC_METRICS = {
-    # SPEC §7, as family names of the text format (counters with _total).
+DOCUMENTED_METRICS = {
+    # docs/metrics.md, as family names of the text format (counters with _total).
     "cbr_watcher_task_progress_ratio": "gauge",
     "cbr_watcher_task_status": "gauge",
     "cbr_watcher_task_info": "gauge",
@@ -111,32 +109,16 @@ async def eventually(
         await asyncio.sleep(0.2)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def daemon_env(sim: Simulator, base_url: str, task_file: Path, receiver_url: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CBR_WATCHER_")}
-    env.pop("CREDENTIALS_DIRECTORY", None)
-    env.update(
-        {
-            "CBR_WATCHER_CBR__ENDPOINT": base_url,
-            "CBR_WATCHER_CBR__PROJECT_ID": sim.project_id,
-            "CBR_WATCHER_AUTH__TOKEN": TOKEN,
-            "CBR_WATCHER_WATCH__TASK_FILE": str(task_file),
-            "CBR_WATCHER_WATCH__POLL_INTERVAL_MIN": "0.1s",
-            "CBR_WATCHER_WATCH__POLL_INTERVAL_MAX": "0.3s",
-            "CBR_WATCHER_WATCH__NOT_FOUND_GRACE": "1s",
-            "CBR_WATCHER_LOG__FORMAT": "json",
-            "CBR_WATCHER_STATE__PATH": ":memory:",
-            "CBR_WATCHER_SERVER__LISTEN": "127.0.0.1:0",
-            "CBR_WATCHER_SERVER__API_LISTEN": "",
-            "CBR_WATCHER_WEBHOOKS": json.dumps([{"name": "ops", "url": receiver_url}]),
-        }
+    """A fast-polling daemon watching `task_file`, with one webhook receiver "ops"."""
+    return fast_daemon_env(
+        base_url,
+        sim.project_id,
+        TOKEN,
+        CBR_WATCHER_WATCH__TASK_FILE=str(task_file),
+        CBR_WATCHER_WATCH__POLL_INTERVAL_MAX="0.3s",
+        CBR_WATCHER_WEBHOOKS=json.dumps([{"name": "ops", "url": receiver_url}]),
     )
-    return env
 
 
 @pytest.fixture
@@ -224,6 +206,17 @@ def dashboard_expressions() -> list[str]:
     return exprs
 
 
+def promtool(*args: str, stdin: bytes | None = None, cwd: Path | None = None) -> str:
+    """What `promtool args...` prints (stdout, then stderr); the test fails unless it exits 0."""
+    assert PROMTOOL is not None
+    result = subprocess.run(
+        [PROMTOOL, *args], input=stdin, cwd=cwd, capture_output=True, check=False
+    )
+    output = (result.stdout + result.stderr).decode()
+    assert result.returncode == 0, output
+    return output
+
+
 def substitute(expr: str) -> str:
     for variable, value in GRAFANA_VARIABLES.items():
         expr = expr.replace(variable, value)
@@ -236,26 +229,13 @@ def substitute(expr: str) -> str:
 @needs_promtool
 def test_promtool_check_rules() -> None:
     """The shipped alert rules are valid."""
-    assert PROMTOOL is not None
-    result = subprocess.run(
-        [PROMTOOL, "check", "rules", str(ALERTS)], capture_output=True, text=True, check=False
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS" in result.stdout
+    assert "SUCCESS" in promtool("check", "rules", str(ALERTS))
 
 
 @needs_promtool
 def test_promtool_test_rules() -> None:
     """Every alert has unit tests, and they pass."""
-    assert PROMTOOL is not None
-    result = subprocess.run(
-        [PROMTOOL, "test", "rules", ALERT_TESTS.name],
-        cwd=ALERT_TESTS.parent,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
+    promtool("test", "rules", ALERT_TESTS.name, cwd=ALERT_TESTS.parent)
     tests = ALERT_TESTS.read_text()
     alerts = re.findall(r"^\s+- alert: (\w+)$", ALERTS.read_text(), flags=re.MULTILINE)
     assert len(alerts) >= 7
@@ -268,7 +248,6 @@ def test_promtool_test_rules() -> None:
 @needs_promtool
 def test_dashboard_queries_are_valid_promql(tmp_path: Path) -> None:
     """promtool parses every dashboard query (Grafana variables filled in)."""
-    assert PROMTOOL is not None
     rules = {
         "groups": [
             {
@@ -282,17 +261,13 @@ def test_dashboard_queries_are_valid_promql(tmp_path: Path) -> None:
     }
     path = tmp_path / "dashboard-rules.yml"
     path.write_text(json.dumps(rules))  # JSON is YAML
-    result = subprocess.run(
-        [PROMTOOL, "check", "rules", str(path)], capture_output=True, text=True, check=False
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
+    promtool("check", "rules", str(path))
 
 
 @needs_promtool
 def test_promtool_finds_nothing_in_the_freshness_families() -> None:
     """`promtool check metrics` is silent on the per-resource families, label values that
     need escaping included (text 0.0.4, as promtool reads it)."""
-    assert PROMTOOL is not None
     metrics = Metrics(clock=FakeClock(), process_metrics=False)
     names = ['quote"d', "back\\slash", "new\nline", "ünïcode ✓", "", "lone \udc80"]
     for n, name in enumerate(names):
@@ -307,11 +282,7 @@ def test_promtool_finds_nothing_in_the_freshness_families() -> None:
         )
     body, _ = metrics.render("")
     assert body.count(b"cbr_watcher_resource_last_status{") == len(names)
-    result = subprocess.run(
-        [PROMTOOL, "check", "metrics"], input=body, capture_output=True, check=False
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout + result.stderr == b""
+    assert promtool("check", "metrics", stdin=body) == ""
 
 
 def test_metric_names_are_found_in_expressions() -> None:
@@ -327,8 +298,9 @@ def test_metric_names_are_found_in_expressions() -> None:
 async def test_live_scrape_is_lint_clean_and_has_every_metric(
     live: tuple[Simulator, DaemonProcess, str, Path],
 ) -> None:
-    """A daemon watching simulator tasks: `promtool check metrics` prints nothing, every SPEC
-    metric is there with its type, and every name the rules and the dashboard read exists."""
+    """A daemon watching simulator tasks: `promtool check metrics` prints nothing, every
+    documented metric is there with its type, and every name the rules and the dashboard read
+    exists."""
     assert PROMTOOL is not None
     sim, daemon, url, task_file = live
     watch(
@@ -375,7 +347,7 @@ async def test_live_scrape_is_lint_clean_and_has_every_metric(
     assert output.decode() == ""
 
     families = {family.name: family.type for family in text_string_to_metric_families(text)}
-    for name, kind in SPEC_METRICS.items():
+    for name, kind in DOCUMENTED_METRICS.items():
         family = name.removesuffix("_total") if kind == "counter" else name
         assert families.get(family) == kind, (name, families.get(family))
     assert any(name.startswith("process_") for name in families)
@@ -388,7 +360,7 @@ async def test_live_scrape_is_lint_clean_and_has_every_metric(
     assert used - live_names - recorded_names() == set()
     assert recorded_names() <= used  # each recording rule is read by an alert
 
-    # The freshness series of both finished tasks' resources, with every SPEC label.
+    # The freshness series of both finished tasks' resources, with every documented label.
     resources = {
         (s.name, s.labels["operation_type"]): s.value
         for family in text_string_to_metric_families(text)

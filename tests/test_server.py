@@ -1,4 +1,5 @@
-"""The metrics listener (SPEC §6): /metrics negotiation and gzip, /healthz, /readyz, no access log.
+"""The metrics listener (docs/metrics.md, "Endpoints"): /metrics negotiation and gzip, /healthz,
+/readyz, no access log.
 
 Real sockets on 127.0.0.1 with port 0; liveness is judged on a fake clock, so a "stalled"
 loop is a clock moved forward, not a real wait.
@@ -9,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import gzip
 import logging
-import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -17,7 +17,7 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support import Running, World, make_engine, start_daemon
+from tests.support import Running, World, free_port, make_engine, start_daemon
 from watcher.clock import RealClock
 from watcher.config import load_settings
 from watcher.observe.metrics import Metrics
@@ -185,13 +185,6 @@ async def test_address_in_use_raises(served: Served) -> None:
     with pytest.raises(OSError, match="address already in use"):
         await other.start()
     await other.close()
-
-
-def free_port() -> int:
-    """An unused TCP port on 127.0.0.1."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def assert_port_released(port: int) -> None:

@@ -32,7 +32,7 @@ import math
 import re
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
@@ -430,6 +430,13 @@ class OpLogPage:
     count: int | None = None
     limit: int | None = None
     offset: int | None = None
+    malformed: list[str] = field(default_factory=list)
+    """Why each entry that could not be read was skipped (it spoils that entry, not the page)."""
+
+    @property
+    def returned(self) -> int:
+        """Entries the server returned on this page, readable or not (the paging step)."""
+        return len(self.operation_logs) + len(self.malformed)
 
 
 class MalformedBodyError(ValueError):
@@ -447,12 +454,22 @@ def parse_list_body(body: object) -> OpLogPage:
     """Parse a ListOpLogs 200 body: `{"operation_logs": [...], "count": N}`."""
     if not isinstance(body, dict) or not isinstance(body.get("operation_logs"), list):
         raise MalformedBodyError("body has no 'operation_logs' list")
-    logs = [OperationLog.from_raw(item) for item in body["operation_logs"]]
+    logs: list[OperationLog] = []
+    malformed: list[str] = []
+    for item in body["operation_logs"]:
+        try:
+            logs.append(OperationLog.from_raw(item))
+        except (ValueError, TypeError) as error:
+            malformed.append(str(error)[:200])
 
     def as_int(key: str) -> int | None:
         value = body.get(key)
         return value if isinstance(value, int) and not isinstance(value, bool) else None
 
     return OpLogPage(
-        operation_logs=logs, count=as_int("count"), limit=as_int("limit"), offset=as_int("offset")
+        operation_logs=logs,
+        count=as_int("count"),
+        limit=as_int("limit"),
+        offset=as_int("offset"),
+        malformed=malformed,
     )

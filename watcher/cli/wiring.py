@@ -73,6 +73,7 @@ def build_policy(settings: Settings) -> schedule.Policy:
         deadline=watch.deadline,
         not_found_grace=watch.not_found_grace,
         progress_interval=watch.progress_interval,
+        list_interval=watch.list_interval,
     )
 
 

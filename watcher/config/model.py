@@ -123,14 +123,18 @@ class WatchSettings(_Section):
     tasks: list[TaskId] = Field(default_factory=list)
     task_file: TaskFile = ""
     poll_interval_min: PositiveDuration = 5.0
-    poll_interval_max: PositiveDuration = 60.0
+    poll_interval_max: PositiveDuration = 15.0
     deadline: PositiveDuration = 48 * 3600.0
     not_found_grace: Duration = 120.0
     max_concurrency: Annotated[int, Field(ge=1)] = 32
     max_requests_per_second: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 20.0
     exit_when_done: bool = False
     progress_interval: PositiveDuration = 120.0
-    """A running task's progress is refreshed at least this often (SPEC §4)."""
+    """Far from its estimated end a task is looked at every min(progress_interval,
+    poll_interval_max)."""
+    list_interval: PositiveDuration = 10.0
+    """Watched tasks are refreshed through ListOpLogs pages about this often, when that costs
+    fewer requests than one ShowOpLog each."""
     auth_failure_timeout: PositiveDuration = 600.0
     """With exit_when_done, give up (exit 1) after credentials fail this long."""
     discover: list[DiscoverSettings] = Field(default_factory=list)

@@ -3,7 +3,8 @@
 - `TaskTable` (`table`): the rows, end reasons past retention, tombstones;
 - `Scheduler` (`scheduler`): due times, concurrency, the shared request budget, the loop;
 - `PollPath` (`poll`): answer → transition → commit → adopt → publish, for every look;
-- `BatchRefresh` (`refresh`): many tasks refreshed by one ListOpLogs listing.
+- `RefreshSweep` (`refresh`): every `list_interval`, the watched tasks refreshed through
+  ListOpLogs pages when that costs fewer requests than one ShowOpLog each.
 
 *When* to look comes from `watcher.engine.schedule`, *what an answer means* from
 `watcher.engine.transitions`. Every change is committed with its events before anyone sees
@@ -12,6 +13,8 @@ it; readers get immutable rows through `Engine.tasks`.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import random
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import replace
@@ -26,7 +29,7 @@ from watcher.engine import schedule
 from watcher.engine.budget import RequestBudget
 from watcher.engine.events import EventSink
 from watcher.engine.poll import CbrApi, PollPath, TaskRecorder, discard_records
-from watcher.engine.refresh import BatchRefresh
+from watcher.engine.refresh import RefreshSweep
 from watcher.engine.scheduler import Scheduler, Slot
 from watcher.engine.stats import INTERNAL_COMPONENTS, EngineStats
 from watcher.engine.table import TaskTable
@@ -116,12 +119,14 @@ class Engine:
         )
         if on_event is not None:
             self._poll.subscribers.append(on_event)
-        self.refresh = BatchRefresh(
+        self._rng = rng or random.Random()
+        self.refresh = RefreshSweep(
             poll=self._poll,
             table=self._table,
             scheduler=self.scheduler,
             clock=clock,
             stats=self.stats,
+            rng=self._rng,
             enabled=batch_refresh,
         )
         self.last_turn = clock.monotonic()
@@ -282,7 +287,9 @@ class Engine:
         validate_task_id(task.task_id)
         if self._table.get(task.task_id) is not None or task.ended:
             return False
-        self._insert(task, announce=False)
+        # Spread over one poll_interval_max, so a restart with many tasks makes no herd (the
+        # first refresh sweep takes over every task whose creation time is known).
+        self._insert(task, delay=self._rng.uniform(0.0, self.policy.interval_max), announce=False)
         log.info("task.resumed", task_id=task.task_id, status=task.status, progress=task.progress)
         return True
 
@@ -362,11 +369,12 @@ class Engine:
 
     async def run(self) -> None:
         """Schedule looks until `stop()` (or, with exit_when_done, until every task ended)."""
+        sweeping = asyncio.create_task(self.refresh.run(), name="refresh sweep")
         try:
             while not self._stopping:
                 self.last_turn = now = self._clock.monotonic()
                 try:
-                    wake_at = self.scheduler.launch_due(now, self._poll.start, self.refresh.start)
+                    wake_at = self.scheduler.launch_due(now, self._poll.start)
                     self._forget_old()
                     self._check_invariants_now_and_then()
                 except Exception as error:
@@ -378,6 +386,9 @@ class Engine:
                 await self.scheduler.sleep_until_woken(wake_at, now)
         finally:
             self._poll.stopping = True
+            sweeping.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweeping
             cancelled = await self.scheduler.drain(self._shutdown_grace)
             if cancelled:
                 log.warning("engine.polls_cancelled", count=cancelled)

@@ -1,17 +1,16 @@
-"""Refreshing many watched tasks with ListOpLogs pages instead of one ShowOpLog each.
+"""ListOpLogs listings: which query covers a set of watched tasks, and paging through it.
 
-Plan: the tasks to refresh must all have told us their CBR `created_at`. One listing covers
-them: `start_time` = the earliest creation second among them, no status filter (so a task
-that ended is still on the list, with its terminal status), and `vault_id` / `operation_type`
-when every task shares one. CBR lists newest first.
+Paging trusts only what the API reference promises. Whether `count` is every match or this
+page, and the largest `limit` the cloud honours, are not documented; so a listing is read
+page by page (`offset` advanced by the entries a page really returned, whatever `limit` asked
+for) until a page comes back empty — never ended by `count` or by a short page. A refresh may
+stop earlier, once every task it wants was seen: it concludes nothing from what it did not read.
 
-Paging while the list changes: we page by offset (`limit` up to 1000) and stop at a short
-page, past `count`, or as soon as every wanted task was seen. Without a status filter a task
-never leaves the list by finishing; the list only changes by (a) new tasks created at its
-head, which push entries toward later offsets — the next page then repeats a few entries,
-deduplicated by ID, and nothing is skipped — and (b) deletions, which pull entries toward
-earlier offsets, so one may be skipped. Anything wanted and not seen is returned as missing,
-and the engine confirms each with one ShowOpLog: a skip costs one request, never a task.
+Paging while the list changes: CBR lists newest first. New tasks created at the head push
+entries toward later offsets, so the next page repeats a few (deduplicated by ID) and nothing
+is skipped; deletions pull entries toward earlier offsets, so one may be skipped. Anything
+wanted and not seen is reported missing, and the engine confirms each with one ShowOpLog.
+An entry that cannot be read spoils that entry, not the page.
 """
 
 from __future__ import annotations
@@ -26,9 +25,10 @@ from watcher.cbr.models import OperationLog, OpLogPage
 from watcher.engine.task import WatchedTask
 
 LIST_LIMIT = 1000
-"""CBR's largest page."""
-MAX_PAGES = 100
-"""A safety stop: a listing longer than this many pages is not cheaper than the tasks."""
+"""The page size asked for (the largest the reference's schema shows); the cloud may return
+fewer per page, which only means more pages."""
+MAX_PAGES = 10_000
+"""A safety stop: a listing longer than this is abandoned as incomplete."""
 CBR_TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 
 
@@ -49,6 +49,10 @@ class ListApi(Protocol):
         ...
 
 
+class IncompleteListingError(RuntimeError):
+    """A listing was abandoned before an empty page (see MAX_PAGES)."""
+
+
 def cbr_time(wall: float) -> str:
     """`wall` (epoch seconds) as a ListOpLogs time parameter, rounded down to the second."""
     return datetime.fromtimestamp(math.floor(wall), UTC).strftime(CBR_TIME_FORMAT)
@@ -67,7 +71,10 @@ class Listing:
 
 
 def plan(rows: Collection[WatchedTask]) -> Listing | None:
-    """The narrowest listing that covers `rows`; None when some row's creation is unknown."""
+    """The narrowest single listing that covers `rows`: no status filter (a task that ended
+    is still listed, with its terminal status), `start_time` the earliest creation second
+    among them, and `vault_id` / `operation_type` when every row shares one. None when some
+    row's creation time is unknown."""
     created = [row.created_wall for row in rows]
     if not rows or any(c is None for c in created):
         return None
@@ -81,52 +88,55 @@ def plan(rows: Collection[WatchedTask]) -> Listing | None:
     return Listing(query=query)
 
 
-def pages_for(count: int | None, wanted: int) -> int:
-    """Pages a listing is expected to take: from the `count` CBR reported for it last time,
-    else at least what the wanted tasks alone fill."""
-    entries = max(count or 0, wanted)
-    return max(1, math.ceil(entries / LIST_LIMIT))
-
-
 @dataclass(slots=True)
 class ListResult:
     """What paging through one listing found."""
 
     found: dict[str, OperationLog] = field(default_factory=dict)
-    """Every task on the pages read, by ID (the latest answer when one repeats)."""
+    """Every readable task on the pages read, by ID (the latest answer when one repeats)."""
     pages: int = 0
-    count: int | None = None
-    """The total CBR reported on the last page."""
+    malformed: int = 0
+    """Entries that could not be read."""
+    largest_page: int = 0
+    """The most entries one page returned (the page size the cloud really serves)."""
+    to_the_end: bool = False
+    """Read until an empty page (False when it stopped because every wanted task was seen)."""
 
 
 async def list_all(
     client: ListApi,
     listing: Listing,
     *,
-    wanted: Collection[str],
+    wanted: Collection[str] = (),
     acquire: Callable[[], Awaitable[None]],
     limit: int = LIST_LIMIT,
     max_pages: int = MAX_PAGES,
 ) -> ListResult:
-    """Page through `listing` until every `wanted` ID was seen or the list ends.
+    """Page through `listing` until an empty page, or (with `wanted`) until every wanted ID
+    was seen.
 
-    `acquire` is awaited before each page (the shared request budget). Errors propagate: the
-    caller decides what a failed listing means.
+    `acquire` is awaited before each page (the shared request budget). Errors propagate, and
+    so does IncompleteListingError after `max_pages`: the caller decides what a failed
+    listing means, and must not take a partial one for the whole list.
     """
     result = ListResult()
     missing = set(wanted)
     offset = 0
-    while result.pages < max_pages:
+    while True:
+        if result.pages >= max_pages:
+            raise IncompleteListingError(f"no empty page after {max_pages} pages")
         await acquire()
         page = await client.list_op_logs(limit=limit, offset=offset, extra=listing.query)
         result.pages += 1
-        result.count = page.count
+        returned = page.returned
+        if returned == 0:
+            result.to_the_end = True
+            return result
+        result.largest_page = max(result.largest_page, returned)
+        result.malformed += len(page.malformed)
         for operation_log in page.operation_logs:
             result.found[operation_log.id] = operation_log
             missing.discard(operation_log.id)
-        offset += len(page.operation_logs)
+        offset += returned
         if wanted and not missing:
-            break
-        if len(page.operation_logs) < limit or (page.count is not None and offset >= page.count):
-            break
-    return result
+            return result

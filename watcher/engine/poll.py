@@ -100,6 +100,9 @@ class PollPath:
         self.upstream = upstream
         self._rng = rng
         self.subscribers: list[EventSink] = []
+        self.swept_look: Callable[[WatchedTask], float | None] = lambda row: None
+        """The delay of the own look of a task a refresh sweep will cover (None: not covered):
+        its own cadence then only backs the sweep up."""
         self.stopping = False
         self.store_failing_since: float | None = None
         """Monotonic time of the first failed state write in the current streak, or None."""
@@ -207,6 +210,8 @@ class PollPath:
         await self.publish(result.events)
         if result.decision is not None:
             decision = result.decision
+            if next_look is None:
+                next_look = self.swept_look(result.row)
             if next_look is not None:
                 decision = schedule.Decision(decision.state, next_look, schedule.Reason.SWEEP)
             self.apply(slot, decision)
@@ -333,7 +338,7 @@ class PollPath:
     def apply(self, slot: Slot, decision: schedule.Decision) -> None:
         """Remember the decision's poll state and schedule the task's next look."""
         row = self._row(slot)
-        decision = schedule.clamp_to_deadline(
+        decision = schedule.bounded(
             self.policy, decision, started=row.added_wall, now=self._clock.wall()
         )
         self._table.replace(replace(row, poll_state=decision.state))

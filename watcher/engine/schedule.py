@@ -1,42 +1,33 @@
-"""When to poll a task next: pure functions of (policy, per-task poll state, outcome, now).
+"""When to look at a task next, on its own: pure functions of (policy, per-task poll state,
+outcome, now).
 
 No I/O and no clock of its own. Every decision returns the delay *and* the reason, so the
-engine can log and count why a task waits as long as it does.
+engine can log and count why a task waits as long as it does. Most watched tasks are looked
+at by the refresh sweep (`watcher.engine.refresh`); this cadence is for the rest, and is the
+backstop under the sweep.
 
-The cadence of a task that reports progress (see `watcher.engine.estimator` for the estimate):
+One hard rule first: no gap between two looks at an active task exceeds `poll_interval_max`
+(`bounded`). Back-off, stalls, `progress_interval` and Retry-After all stop there, so an end
+nobody can predict (a failure mid-run) is never seen later than a plain poller at
+`poll_interval_max` would see it. Within that, the estimate (see `watcher.engine.estimator`)
+only brings a look forward near a predicted end:
 
-* first poll at once; while waiting, the cadence below for tasks without progress;
-* running, before progress first moves: the time it has run so far, up to
-  `progress_interval` (`no_rate`);
-* far from the estimated end, every `progress_interval` (up to 1 % less, at random, so
-  tasks added together drift apart: `progress`), but never longer than the time the task
-  has been making progress while the estimate is young (`estimate`);
-* closing in on the plateau (99 %), 0.7 × the time left to its earliest plausible start,
-  but no tighter than the precision the tail estimate can use (`approach`);
-* on the plateau, the window is the built-in tail band plus what the samples disagree on. Inside it (`near_end`) every 2.6 × `poll_interval_min` (the end is as likely
-  anywhere in it, so that interval bounds the delay), tightening to `poll_interval_min` at
-  the estimated end itself; before it, a wake-up at its start, never more than
-  `poll_interval_max` apart on the plateau (`approach`);
-* once the window has passed without an end, today's jittered growth toward
-  `poll_interval_max` (`overdue`), so the end is seen within `poll_interval_max`;
-  progress that stopped where the rate said it would move grows fast to just under
-  `poll_interval_max` (a hung step may end the task) within a share of the run (`stalled`);
-* never longer than `progress_interval` while running with progress.
+* first look at once; running before progress first moves: the time it has run so far
+  (`no_rate`);
+* far from the estimated end, every `progress_interval` (`progress`), sooner while the
+  estimate is young (`estimate`) or the plateau (99 %) approaches (`approach`);
+* on the plateau, inside the window around the estimated end (the built-in tail band plus
+  what the samples disagree on), every 2.6 × `poll_interval_min`, tightening to
+  `poll_interval_min` at the estimate itself (`near_end`); once the window has passed, growth
+  back toward `poll_interval_max` (`overdue`); progress that stopped where the rate said it
+  would move: `stalled`.
 
-Tasks without progress (and tasks whose progress has not moved yet):
-
-* after a poll that saw nothing move, the next delay is drawn uniformly from
-  [poll_interval_min, cap], where the cap doubles with every quiet poll up to
-  poll_interval_max ("full jitter" above the floor, so thousands of tasks added together
-  spread out instead of polling in lock-step);
-* when progress or status moves, the cap drops back to poll_interval_min.
-
-For every task:
-
-* transient errors and throttling grow their own cap the same way (every jitter here is
-  `watcher.engine.backoff.full_jitter`); a Retry-After header is a floor under whatever the backoff
-  says; errors keep the progress samples;
-* nothing is scheduled past the task's deadline: the last poll happens at the deadline.
+Tasks without progress: after a quiet look the next delay is drawn from
+[poll_interval_min, cap], the cap doubling with every quiet look ("full jitter", so tasks
+added together spread out); a change of status or progress drops it back. Errors and
+throttling grow their own cap the same way (`watcher.engine.backoff.full_jitter`); a
+Retry-After is a floor under the backoff (itself capped); nothing is scheduled past the
+task's deadline.
 """
 
 from __future__ import annotations
@@ -88,11 +79,14 @@ class Policy:
     """The knobs from `[watch]`, in seconds."""
 
     interval_min: float = 5.0
-    interval_max: float = 60.0
+    interval_max: float = 15.0
+    """The longest gap between two looks at an active task: nothing waits longer."""
     deadline: float = 48 * 3600.0
     not_found_grace: float = 120.0
     progress_interval: float = 120.0
     """A running task's progress is refreshed at least this often (far from its end)."""
+    list_interval: float = 10.0
+    """How often the refresh sweep lists the watched tasks."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -309,6 +303,14 @@ def after_not_found(
 def expired(policy: Policy, *, started: float, now: float) -> bool:
     """Whether the watch has outlived its deadline."""
     return now - started >= policy.deadline
+
+
+def bounded(policy: Policy, decision: Decision, *, started: float, now: float) -> Decision:
+    """The hard limits on any wait: never longer than interval_max (back-off, stalls,
+    progress_interval and Retry-After all stop there), never past the deadline."""
+    if decision.delay > policy.interval_max:
+        decision = Decision(decision.state, policy.interval_max, decision.reason)
+    return clamp_to_deadline(policy, decision, started=started, now=now)
 
 
 def clamp_to_deadline(

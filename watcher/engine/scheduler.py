@@ -10,6 +10,7 @@ Every request runs as a tracked asyncio task, drained (then cancelled) when the 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import itertools
 from collections import deque
@@ -42,8 +43,6 @@ class Slot:
 
 StartRequest = Callable[[Slot, int], None]
 """Starts the request for a due task (`slot`, `generation`); the scheduler marks it in flight."""
-Divert = Callable[[Slot, float], bool]
-"""Offered each due task first: True when it was taken care of otherwise (no request here)."""
 
 
 class Scheduler:
@@ -67,6 +66,7 @@ class Scheduler:
         self._wake = asyncio.Event()
         self._running: set[asyncio.Future[None]] = set()
         self._waiters: deque[asyncio.Future[None]] = deque()
+        self._outside = 0
         self.lag_samples: deque[float] | None = None
         """Where `launch_due` records each due poll's lag, when set."""
 
@@ -128,7 +128,16 @@ class Scheduler:
     @property
     def in_flight(self) -> int:
         """Requests (polls and listings) under way right now."""
-        return len(self._running)
+        return len(self._running) + self._outside
+
+    @contextlib.contextmanager
+    def requests_under_way(self) -> Iterator[None]:
+        """Count requests made outside the spawned ones (a sweep's pages) as in flight."""
+        self._outside += 1
+        try:
+            yield
+        finally:
+            self._outside -= 1
 
     def spawn(self, work: Awaitable[None], name: str) -> None:
         """Run one request (or listing) as a tracked task."""
@@ -153,9 +162,7 @@ class Scheduler:
         self._wake.set()
         await waiter
 
-    def launch_due(
-        self, now: float, start: StartRequest, divert: Divert | None = None
-    ) -> float | None:
+    def launch_due(self, now: float, start: StartRequest) -> float | None:
         """Serve waiting request makers, then start the due requests that concurrency and
         budget allow; returns when to look again (None: at the next wake-up)."""
         while self._waiters:
@@ -182,8 +189,6 @@ class Scheduler:
             heapq.heappop(self._heap)
             if self.lag_samples is not None:
                 self.lag_samples.append(now - due)
-            if divert is not None and divert(slot, now):
-                continue
             self.budget.try_acquire(now)
             slot.in_flight = True
             slot.confirm = False

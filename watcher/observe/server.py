@@ -1,4 +1,4 @@
-"""HTTP on `server.listen` (SPEC §6): /metrics, /healthz and /readyz.
+"""HTTP on `server.listen`: /metrics, /healthz and /readyz (see docs/metrics.md, "Endpoints").
 
 The app is served by `watcher.net.listener.HttpListener` (re-exported here); the task API on
 `server.api_listen` is a second app on a second listener.

@@ -176,9 +176,10 @@ class Discovery:
             listings += [batch.Listing({**query.filters, "status": s}) for s in ACTIVE_STATUSES]
         newest = cursor if cursor is not None else since
         for listing in listings:
-            found = await batch.list_all(
-                self._client, listing, wanted=(), acquire=self._engine.acquire_request
-            )
+            with self._engine.scheduler.requests_under_way():
+                found = await batch.list_all(
+                    self._client, listing, acquire=self._engine.acquire_request
+                )
             result.pages += found.pages
             result.listed += len(found.found)
             for operation_log in found.found.values():

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
+from watcher.cli.commands.table import format_table
 from watcher.cli.commands.wait_output import printable
 from watcher.config import ConfigError, Settings
 from watcher.delivery.payloads import rfc3339
@@ -32,30 +33,23 @@ def state_path(settings: Settings) -> str:
     return path
 
 
+def _letter_cells(letter: DeadLetter) -> tuple[str, ...]:
+    return (
+        letter.event_id,
+        printable(letter.receiver),
+        letter.event_type,
+        letter.task_id,
+        str(letter.attempts),
+        printable(letter.reason),
+        rfc3339(letter.dead_at) or "-",
+        printable(letter.last_error) or "-",
+    )
+
+
 def format_dead_letters(letters: list[DeadLetter]) -> list[str]:
     """The `dead-letters list` table: a header, then one line per dead letter."""
     header = ("EVENT", "RECEIVER", "TYPE", "TASK", "ATTEMPTS", "REASON", "DEAD SINCE", "LAST ERROR")
-    rows = [header]
-    for letter in letters:
-        rows.append(
-            (
-                letter.event_id,
-                printable(letter.receiver),
-                letter.event_type,
-                letter.task_id,
-                str(letter.attempts),
-                printable(letter.reason),
-                rfc3339(letter.dead_at) or "-",
-                printable(letter.last_error) or "-",
-            )
-        )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
-    return [
-        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False))
-        + "  "
-        + row[-1]
-        for row in rows
-    ]
+    return format_table(header, map(_letter_cells, letters))
 
 
 async def run_dead_letters_command(

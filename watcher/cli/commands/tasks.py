@@ -1,4 +1,5 @@
-"""`cbr-watcher tasks list|add|remove`: a thin client of a running daemon's task API (SPEC §6).
+"""`cbr-watcher tasks list|add|remove`: a thin client of a running daemon's task API
+(see docs/task-api.md).
 
 The address is `--url`, else `server.api_listen` (a wildcard host means this machine); the
 bearer token is `server.api_token`. Exit codes: 0 done, 1 the API could not be reached or
@@ -15,6 +16,7 @@ from typing import Any, TextIO
 
 import aiohttp
 
+from watcher.cli.commands.table import format_table
 from watcher.cli.commands.wait_output import printable
 from watcher.config import ConfigError, Settings
 from watcher.net.listener import parse_listen
@@ -93,30 +95,23 @@ def _labels(task: Mapping[str, Any]) -> str:
     return ",".join(f"{printable(str(k))}={printable(str(v))}" for k, v in labels.items()) or "-"
 
 
+def _task_cells(task: Mapping[str, Any]) -> tuple[str, ...]:
+    progress = task.get("progress")
+    status = task.get("end_reason") or task.get("status") or "-"
+    return (
+        printable(str(task.get("task_id"))),
+        printable(str(status)),
+        "-" if progress is None else f"{progress}%",
+        printable(str(task.get("operation_type") or "-")),
+        printable(str(task.get("source") or "-")),
+        _labels(task),
+    )
+
+
 def format_tasks(tasks: list[Mapping[str, Any]]) -> list[str]:
     """The `tasks list` table: one header and one line per task."""
     header = ("TASK", "STATUS", "PROGRESS", "OPERATION", "SOURCE", "LABELS")
-    rows = [header]
-    for task in tasks:
-        progress = task.get("progress")
-        status = task.get("end_reason") or task.get("status") or "-"
-        rows.append(
-            (
-                printable(str(task.get("task_id"))),
-                printable(str(status)),
-                "-" if progress is None else f"{progress}%",
-                printable(str(task.get("operation_type") or "-")),
-                printable(str(task.get("source") or "-")),
-                _labels(task),
-            )
-        )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
-    return [
-        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False))
-        + "  "
-        + row[-1]
-        for row in rows
-    ]
+    return format_table(header, map(_task_cells, tasks))
 
 
 async def run_tasks_command(

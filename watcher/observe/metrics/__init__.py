@@ -1,5 +1,5 @@
-"""Prometheus metrics (SPEC §7): collectors over the task table and the resource rows, plus
-the daemon's own counters.
+"""Prometheus metrics (see docs/metrics.md): collectors over the task table and the resource
+rows, plus the daemon's own counters.
 
 Per-task series (`cbr_watcher_task_*`) and the `cbr_watcher_tasks{status}` gauge are built on
 every scrape from one snapshot of the engine's task table: no per-task label children to create
@@ -7,9 +7,8 @@ or delete, and a task's series disappear by themselves `metrics.retention` after
 snapshot is taken on the event loop (cheap: references, or one cached tuple per task); turning
 it into text runs in a worker thread (see `watcher.observe.server`), because 10,000 tasks make
 ~100,000 lines. `Metrics.render` writes those families itself, reusing each task's lines until
-the task changes; `Metrics.registry` yields the same series through prometheus_client, so
-`generate_latest(metrics.registry)` is complete too, only about 30 times slower. The
-per-resource freshness series (`cbr_watcher_resource_*`) work the same way.
+the task changes, and leaves the rest to prometheus_client's encoder. The per-resource
+freshness series (`cbr_watcher_resource_*`) work the same way.
 
 Everything else is directly instrumented and fed from three places: the engine's events
 (`on_event`, subscribed to the engine, or `record_event`), the CBR client's request observer
@@ -20,7 +19,7 @@ state store call (`webhook_*`, `set_queue_depth`, `set_receiver_disabled`, `regi
 Modules: `constants` (label values, buckets), `text` (escaping, headers), `instruments` (the
 fed metrics), `accounting` (what an ended watch adds), `task_rows` (which tasks a scrape
 exports), `task_render` and `resources` (the hand-written families), `collectors`
-(prometheus_client collectors), `exporter` (`Metrics`).
+(prometheus_client collectors that read at scrape time), `exporter` (`Metrics`).
 """
 
 from watcher.observe.metrics.constants import (
@@ -40,7 +39,6 @@ from watcher.observe.metrics.constants import (
 )
 from watcher.observe.metrics.exporter import Metrics
 from watcher.observe.metrics.resources import ResourceBook
-from watcher.observe.metrics.task_render import TaskRenderer
 from watcher.observe.metrics.task_rows import (
     TaskRow,
     TaskSnapshot,
@@ -66,7 +64,6 @@ __all__ = [
     "WEBHOOK_RESULTS",
     "Metrics",
     "ResourceBook",
-    "TaskRenderer",
     "TaskRow",
     "TaskSnapshot",
     "TaskTable",

@@ -5,52 +5,25 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from typing import Protocol
 
-from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import CounterMetricFamily, Metric
+from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
 from watcher.engine.engine import EngineStats
-from watcher.observe.metrics.resources import resource_families
-from watcher.observe.metrics.task_render import task_families
-from watcher.observe.metrics.task_rows import TaskSnapshot
 
 
-class Forward:
-    """Exposes one registry's metrics through another."""
+class ExpositionCollector:
+    """An exposition the daemon writes itself, read back into metric families by
+    prometheus_client's OpenMetrics parser, for prometheus_client's encoders."""
 
-    def __init__(self, source: CollectorRegistry) -> None:
-        self._source = source
-
-    def describe(self) -> list[Metric]:
-        """Nothing: the source registry already checks its own names."""
-        return []
+    def __init__(self, render: Callable[[], bytes]) -> None:
+        self._render = render
 
     def collect(self) -> Iterable[Metric]:
-        """What the source registry collects."""
-        return self._source.collect()
-
-
-class SnapshotCollector:
-    """The hand-rendered families (per task, `cbr_watcher_tasks`, per resource) as a
-    prometheus_client Collector, so `generate_latest(metrics.registry)` is complete.
-
-    Call that on the event loop: `take` snapshots the task table. The server uses
-    `Metrics.render`, which writes identical series far faster.
-    """
-
-    def __init__(self, take: Callable[[], TaskSnapshot]) -> None:
-        self._take = take
-
-    def describe(self) -> list[Metric]:
-        """Family names only, so the registry does not collect at registration."""
-        return self._families(TaskSnapshot([], {}))
-
-    def collect(self) -> list[Metric]:
-        """The families for a snapshot taken now."""
-        return self._families(self._take())
-
-    @staticmethod
-    def _families(snapshot: TaskSnapshot) -> list[Metric]:
-        return [*task_families(snapshot), *resource_families(snapshot.resources)]
+        """The families of an exposition rendered now."""
+        families: Iterable[Metric] = text_string_to_metric_families(  # type: ignore[no-untyped-call]
+            self._render().decode()
+        )
+        return families
 
 
 class StatsSource(Protocol):

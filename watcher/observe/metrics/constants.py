@@ -1,5 +1,5 @@
-"""The fixed vocabulary of the metrics (SPEC §7): name prefix, label values that always exist,
-and histogram buckets."""
+"""The fixed vocabulary of the metrics (see docs/metrics.md): name prefix, label values that
+always exist, and histogram buckets."""
 
 from __future__ import annotations
 

@@ -14,13 +14,15 @@ from watcher.engine.engine import INTERNAL_COMPONENTS
 from watcher.engine.events import TaskEvent
 from watcher.engine.schedule import Reason
 from watcher.observe.metrics.accounting import account_finished
-from watcher.observe.metrics.collectors import EngineCounter, Forward, SnapshotCollector
+from watcher.observe.metrics.collectors import EngineCounter, ExpositionCollector
 from watcher.observe.metrics.constants import EOF, PREFIX, WEBHOOK_OUTCOMES, WEBHOOK_RESULTS
 from watcher.observe.metrics.instruments import Instruments
 from watcher.observe.metrics.resources import ResourceBook, ResourceRenderer
 from watcher.observe.metrics.task_render import TaskRenderer
 from watcher.observe.metrics.task_rows import TaskSelector, TaskSnapshot, TaskTable
 from watcher.safetext import clean
+
+OPENMETRICS = "application/openmetrics-text; version=1.0.0"
 
 
 class Metrics(Instruments):
@@ -39,8 +41,6 @@ class Metrics(Instruments):
         self._clock = clock
         self._table: TaskTable | None = None
         self._last_success: dict[str, float] = {}
-        self.registry = CollectorRegistry()
-        """Every metric; `render` is the fast way to expose it."""
         self._base = CollectorRegistry()
         super().__init__(self._base, version=version, process_metrics=process_metrics)
         self._selector = TaskSelector(
@@ -49,8 +49,6 @@ class Metrics(Instruments):
         self._resources = ResourceBook(
             max_series=max_task_series, on_dropped=self.resource_series_dropped.inc
         )
-        self.registry.register(Forward(self._base))
-        self.registry.register(SnapshotCollector(lambda: self._selector.prepare(self.snapshot())))
         self._base.register(
             EngineCounter(
                 self,
@@ -76,6 +74,10 @@ class Metrics(Instruments):
         )
         self._task_renderer = TaskRenderer()
         self._resource_renderer = ResourceRenderer()
+        self.registry = CollectorRegistry()
+        """Every metric for prometheus_client's encoders: the exposition `render` writes, parsed
+        back (slow; the server uses `render`). Collect it on the event loop."""
+        self.registry.register(ExpositionCollector(lambda: self.render(OPENMETRICS)[0]))
 
     @property
     def retention(self) -> float:

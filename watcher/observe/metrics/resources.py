@@ -1,5 +1,6 @@
-"""Per-resource backup freshness (SPEC §7): what the newest finished task of each resource and
-operation type said, kept for the daemon's life (and restored from the state database).
+"""Per-resource backup freshness (see docs/metrics.md): what the newest finished task of each
+resource and operation type said, kept for the daemon's life (and restored from the state
+database).
 
 `ResourceBook` folds finished tasks in with `watcher.coverage.freshness.merge`, so the rules (newest
 task by end time decides the status; the last success only moves forward) live in one place.
@@ -12,12 +13,9 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterable
 
-from prometheus_client.metrics_core import GaugeMetricFamily, Metric
-
 from watcher.coverage.freshness import ResourceKey, ResourceStatus, merge
 from watcher.observe.metrics.constants import PREFIX, RESOURCE_LABELS
 from watcher.observe.metrics.text import Family, escape, header
-from watcher.safetext import clean
 
 LAST_SUCCESS = Family(
     PREFIX + "resource_last_success_timestamp_seconds",
@@ -76,16 +74,21 @@ class ResourceBook:
         return self._frozen
 
 
-def _label_text(row: ResourceStatus) -> str:
-    values = (
+def label_values(row: ResourceStatus) -> tuple[str, str, str, str, str]:
+    """The values of RESOURCE_LABELS for `row`, in that order (not escaped)."""
+    return (
         row.key.resource_id,
         row.resource_name,
         row.resource_type,
         row.vault_id,
         row.key.operation_type,
     )
+
+
+def _label_text(row: ResourceStatus) -> str:
     pairs = ",".join(
-        f'{name}="{escape(value)}"' for name, value in zip(RESOURCE_LABELS, values, strict=True)
+        f'{name}="{escape(value)}"'
+        for name, value in zip(RESOURCE_LABELS, label_values(row), strict=True)
     )
     return "{" + pairs + "}"
 
@@ -125,28 +128,3 @@ class ResourceRenderer:
                 success_lines.append(f"{LAST_SUCCESS.name}{labels} {row.last_success_ended!r}\n")
             status_lines.append(f"{LAST_STATUS.name}{labels} {1 if row.succeeded else 0}\n")
         return "".join(success_lines).encode(), "".join(status_lines).encode()
-
-
-def resource_families(rows: tuple[ResourceStatus, ...]) -> list[Metric]:
-    """The same series as `ResourceRenderer`, as prometheus_client metric families."""
-    last_success = GaugeMetricFamily(
-        LAST_SUCCESS.name, LAST_SUCCESS.help, labels=list(RESOURCE_LABELS)
-    )
-    last_status = GaugeMetricFamily(
-        LAST_STATUS.name, LAST_STATUS.help, labels=list(RESOURCE_LABELS)
-    )
-    for row in rows:
-        values = [
-            clean(value)
-            for value in (
-                row.key.resource_id,
-                row.resource_name,
-                row.resource_type,
-                row.vault_id,
-                row.key.operation_type,
-            )
-        ]
-        if row.last_success_ended is not None:
-            last_success.add_metric(values, row.last_success_ended)
-        last_status.add_metric(values, 1 if row.succeeded else 0)
-    return [last_success, last_status]

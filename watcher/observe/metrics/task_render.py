@@ -1,21 +1,17 @@
-"""The per-task families and `cbr_watcher_tasks{status}` as exposition text, two ways.
+"""The per-task families and `cbr_watcher_tasks{status}` as exposition text.
 
 `TaskRenderer` writes them by hand: prometheus_client's generic encoder needs about a second
 for the ~110,000 lines of 10,000 tasks, and these families are all gauges (plus one info),
-whose sample lines are the same in both text formats. `task_families` builds the same series
-as prometheus_client metric families, for `Metrics.registry`; the tests check the two agree.
+whose sample lines are the same in both text formats.
 """
 
 from __future__ import annotations
 
 import threading
 
-from prometheus_client.metrics_core import GaugeMetricFamily, InfoMetricFamily, Metric
-
-from watcher.observe.metrics.constants import AGGREGATE_STATUSES, INFO_LABELS, PREFIX, TASK_STATUSES
+from watcher.observe.metrics.constants import AGGREGATE_STATUSES, PREFIX, TASK_STATUSES
 from watcher.observe.metrics.task_rows import TaskRow, TaskSnapshot
 from watcher.observe.metrics.text import Family, escape, header
-from watcher.safetext import clean
 
 TASKS = Family(
     PREFIX + "tasks",
@@ -96,12 +92,6 @@ def _render_row(row: TaskRow) -> _RowLines:
     return progress, "".join(status_lines).encode(), info, started, last, estimated_end
 
 
-def _all_counts(snapshot: TaskSnapshot) -> dict[str, int]:
-    counts = dict.fromkeys(AGGREGATE_STATUSES, 0)
-    counts.update(snapshot.counts)
-    return counts
-
-
 class TaskRenderer:
     """Writes the task families for a prepared `TaskSnapshot`, keeping each task's lines
     until its row changes: a scrape then mostly joins cached bytes. Thread-safe."""
@@ -123,42 +113,13 @@ class TaskRenderer:
                 new[row.task_id] = hit
                 chunks.append(hit[1])
             self._cache = new
+        counts = {**dict.fromkeys(AGGREGATE_STATUSES, 0), **snapshot.counts}
         out = [header(TASKS, "gauge", openmetrics=openmetrics)]
         out.extend(
             f'{TASKS.name}{{status="{escape(status)}"}} {count}\n'.encode()
-            for status, count in _all_counts(snapshot).items()
+            for status, count in counts.items()
         )
         for index, (family, kind) in enumerate(_PER_TASK):
             out.append(header(family, kind, openmetrics=openmetrics))
             out.extend(chunk[index] for chunk in chunks)
         return b"".join(out)
-
-
-def task_families(snapshot: TaskSnapshot) -> list[Metric]:
-    """The same series as `TaskRenderer`, as prometheus_client metric families."""
-    tasks = GaugeMetricFamily(TASKS.name, TASKS.help, labels=["status"])
-    for status, count in _all_counts(snapshot).items():
-        tasks.add_metric([status], count)
-    progress = GaugeMetricFamily(PROGRESS.name, PROGRESS.help, labels=["task_id"])
-    status_family = GaugeMetricFamily(STATUS.name, STATUS.help, labels=["task_id", "status"])
-    info = InfoMetricFamily(INFO.name, INFO.help, labels=["task_id"])
-    started = GaugeMetricFamily(STARTED.name, STARTED.help, labels=["task_id"])
-    last = GaugeMetricFamily(LAST_PROGRESS.name, LAST_PROGRESS.help, labels=["task_id"])
-    estimated_end = GaugeMetricFamily(ESTIMATED_END.name, ESTIMATED_END.help, labels=["task_id"])
-    for row in snapshot.rows:
-        if row.progress_ratio is not None:
-            progress.add_metric([row.task_id], row.progress_ratio)
-        extra = () if row.status in TASK_STATUSES else (clean(row.status),)
-        for status in (*TASK_STATUSES, *extra):
-            status_family.add_metric([row.task_id, status], 1 if status == clean(row.status) else 0)
-        if row.info is not None:
-            values = dict(zip(INFO_LABELS, map(clean, row.info), strict=True))
-            own = {name: clean(value) for name, value in row.labels}
-            info.add_metric([row.task_id], {**values, **own})
-        if row.started is not None:
-            started.add_metric([row.task_id], row.started)
-        if row.last_progress is not None:
-            last.add_metric([row.task_id], row.last_progress)
-        if row.estimated_end is not None:
-            estimated_end.add_metric([row.task_id], row.estimated_end)
-    return [tasks, progress, status_family, info, started, last, estimated_end]

@@ -95,8 +95,8 @@ def task_status_label(task: TaskView) -> str:
 
 
 def estimated_end(task: TaskView) -> float | None:
-    """When the schedule expects the task to end: the row's `estimated_end`, or its
-    `poll_state.estimated_end` (the engine's mutable rows keep it there)."""
+    """When the schedule expects the task to end: the row's own `estimated_end`, else its
+    `poll_state.estimated_end` (where `watcher.engine.task.WatchedTask` keeps it)."""
     estimate = getattr(task, "estimated_end", None)
     if estimate is None:
         estimate = getattr(getattr(task, "poll_state", None), "estimated_end", None)
