@@ -6,7 +6,7 @@
   Operator CRDs have no schema there and are checked by shape), `kubectl kustomize` renders
   the folder, and the pods meet the restricted Pod Security Standard.
 - The sidecar example's app script, run with sh and curl against the real daemon's task API.
-- Container image: the Containerfile's structure (no container engine here to build it).
+- Container image: the Containerfile's structure (tests/test_container.py builds and runs it).
 
 A missing tool skips its test with the reason; CI has every tool and turns skips into failures.
 """
@@ -23,6 +23,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tomllib
 import types
 import typing
 from collections.abc import AsyncIterator, Iterator
@@ -731,3 +732,38 @@ def test_containerfile_is_multi_stage_non_root_and_exec_form() -> None:
     env = " ".join(arguments for instruction, arguments in runtime if instruction == "ENV")
     assert "PYTHONDONTWRITEBYTECODE=1" in env
     assert "STATE_DIRECTORY=/var/lib/cbr-watcher" in env
+
+
+def test_containerfile_base_secret_pins_and_labels() -> None:
+    """SPEC §12: `ARG PYTHON_IMAGE` defaults to an official slim Python image and is every
+    stage's base; every pip step mounts the optional pip_cert secret and installs with
+    constraints.txt; only what the wheel needs is copied in; the OCI version label is
+    pyproject's version; the state directory is a volume."""
+    preamble, *stages = containerfile_stages()
+    args = dict(arguments.partition("=")[::2] for instruction, arguments in preamble)
+    assert re.fullmatch(r"docker\.io/library/python:3\.1[1-9]-slim(-\w+)?", args["PYTHON_IMAGE"])
+    for stage in stages:
+        assert stage[0][1].split()[0] == "${PYTHON_IMAGE}"
+    everything = [entry for stage in stages for entry in stage]
+    pip_steps = [args for inst, args in everything if inst == "RUN" and "pip " in args]
+    assert pip_steps
+    for step in pip_steps:
+        assert step.startswith("--mount=type=secret,id=pip_cert"), step
+        assert "PIP_CERT=/run/secrets/pip_cert" in step, step
+        for install in re.findall(r"pip install [^&]*", step):
+            assert "--constraint constraints.txt" in install, install
+    copied = {
+        source
+        for inst, arguments in everything
+        if inst == "COPY" and not arguments.startswith("--from=")
+        for source in arguments.split()[:-1]
+    }
+    assert copied == {"pyproject.toml", "README.md", "constraints.txt", "watcher"}
+    runtime = stages[-1]
+    version_arg = [a for inst, a in runtime if inst == "ARG" and a.startswith("VERSION=")]
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    assert version_arg == [f"VERSION={project['version']}"], "keep ARG VERSION = pyproject's"
+    labels = " ".join(arguments for inst, arguments in runtime if inst == "LABEL")
+    assert 'org.opencontainers.image.version="${VERSION}"' in labels
+    volumes = [json.loads(arguments) for inst, arguments in runtime if inst == "VOLUME"]
+    assert volumes == [["/var/lib/cbr-watcher"]]

@@ -10,24 +10,10 @@ import math
 import pytest
 from structlog.testing import capture_logs
 
-from tests.support import Running, World, make_engine, run_until
+from tests.support import Events, Running, World, make_engine, run_until
 from watcher.cbr.ids import InvalidTaskIdError
-from watcher.engine.events import TaskEvent
 from watcher.engine.schedule import Policy
 from watcher.sim import FaultProfile, SimTaskSpec
-
-
-class Recorder:
-    """An event sink that keeps what it gets."""
-
-    def __init__(self) -> None:
-        self.events: list[TaskEvent] = []
-
-    async def __call__(self, event: TaskEvent) -> None:
-        self.events.append(event)
-
-    def types(self, task_id: str) -> list[str]:
-        return [e.type for e in self.events if e.task_id == task_id]
 
 
 @pytest.mark.parametrize(
@@ -46,7 +32,7 @@ async def test_every_terminal_status_ends_the_watch(
     task_id = world.sim.add_task(
         SimTaskSpec(id=f"task-{outcome}", outcome=outcome, waiting=30, running=600)
     )
-    events = Recorder()
+    events = Events()
     engine = make_engine(world, on_event=events)
     engine.add(task_id, labels={"team": "db"})
     with capture_logs() as logs:
@@ -54,14 +40,14 @@ async def test_every_terminal_status_ends_the_watch(
 
     task = engine.tasks[task_id]
     assert task.end_reason == outcome
-    assert events.types(task_id)[-1] == final_event
+    assert events.of(task_id)[-1] == final_event
     final = events.events[-1]
     assert final.status == outcome
     assert final.labels == {"team": "db"}
     assert final.operation_log is not None
     assert final.operation_log.raw["id"] == task_id
     if outcome != "skipped":
-        assert events.types(task_id)[0] == "task.started"
+        assert events.of(task_id)[0] == "task.started"
     if outcome == "failed":
         assert final.operation_log.error is not None
     finals = [entry for entry in logs if entry.get("final")]
@@ -76,7 +62,7 @@ async def test_every_terminal_status_ends_the_watch(
 async def test_progress_is_followed_and_polling_stays_modest(world: World) -> None:
     """Progress events rise monotonically to the end; a 10-minute task costs few polls."""
     task_id = world.sim.add_task(SimTaskSpec(id="b1", waiting=10, running=600))
-    events = Recorder()
+    events = Events()
     engine = make_engine(world, on_event=events)
     engine.add(task_id)
     await run_until(world, engine, engine.all_done)
@@ -100,7 +86,7 @@ async def test_unknown_status_is_pending_and_warned_once(world: World) -> None:
             phases=[("waiting", 20, None), ("frozen", 200, 40), ("success", 0, 100)],
         )
     )
-    events = Recorder()
+    events = Events()
     engine = make_engine(world, on_event=events)
     engine.add(task_id)
     with capture_logs() as logs:
@@ -108,7 +94,7 @@ async def test_unknown_status_is_pending_and_warned_once(world: World) -> None:
     warnings = [e for e in logs if e["event"] == "task.unknown_status"]
     assert [(w["task_id"], w["status"]) for w in warnings] == [(task_id, "frozen")]
     assert engine.tasks[task_id].end_reason == "success"
-    assert events.types(task_id)[-1] == "task.succeeded"
+    assert events.of(task_id)[-1] == "task.succeeded"
 
 
 async def test_not_found_is_retried_within_grace(world: World) -> None:
@@ -122,13 +108,13 @@ async def test_not_found_is_retried_within_grace(world: World) -> None:
 
 async def test_not_found_after_grace_ends_as_watch_not_found(world: World) -> None:
     """A task CBR never knows ends as watch.not_found once not_found_grace has passed."""
-    events = Recorder()
+    events = Events()
     engine = make_engine(world, on_event=events)
     started = world.clock.monotonic()
     engine.add("no-such-task")
     await run_until(world, engine, engine.all_done)
     assert engine.tasks["no-such-task"].end_reason == "not_found"
-    assert events.types("no-such-task") == ["watch.not_found"]
+    assert events.of("no-such-task") == ["watch.not_found"]
     elapsed = world.clock.monotonic() - started
     assert 120 <= elapsed < 130
     assert engine.outcome("no-such-task") == "not_found"
@@ -137,14 +123,14 @@ async def test_not_found_after_grace_ends_as_watch_not_found(world: World) -> No
 async def test_deadline_ends_as_watch_expired(world: World) -> None:
     """A task still running at the deadline ends as watch.expired, checked at the deadline."""
     task_id = world.sim.add_task(SimTaskSpec(id="slow", waiting=10, running=7200))
-    events = Recorder()
+    events = Events()
     policy = Policy(interval_min=5, interval_max=60, deadline=1800, not_found_grace=120)
     engine = make_engine(world, on_event=events, policy=policy)
     engine.add(task_id)
     await run_until(world, engine, engine.all_done)
     task = engine.tasks[task_id]
     assert task.end_reason == "expired"
-    assert events.types(task_id)[-1] == "watch.expired"
+    assert events.of(task_id)[-1] == "watch.expired"
     assert task.ended_wall is not None
     assert task.ended_wall - task.added_wall == pytest.approx(1800, abs=1)
 

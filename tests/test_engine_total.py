@@ -4,10 +4,9 @@ next poll, and nothing is published that was not committed first."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import sqlite3
 import tempfile
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
-from tests.support import Running, World, make_engine, run_until
-from watcher.cbr.auth import TokenAuthenticator
+from tests.support import Events, Running, World, make_engine, open_world, run_until
 from watcher.cbr.client import CbrClient
 from watcher.cbr.models import OperationLog, OpLogPage
 from watcher.delivery.recorder import StateRecorder
@@ -24,9 +22,8 @@ from watcher.engine.engine import INVARIANT_CHECK_INTERVAL, Engine, WatchedTask
 from watcher.engine.events import TaskEvent
 from watcher.observe.metrics import Metrics
 from watcher.observe.server import Health
-from watcher.sim import SimTaskSpec, Simulator
+from watcher.sim import SimTaskSpec
 from watcher.state.sqlite import Store
-from watcher.testing import FakeClock
 
 SURPRISES: list[type[Exception]] = [
     RecursionError,
@@ -70,37 +67,6 @@ def with_client(world: World, client: SurprisingClient, **options: object) -> En
     return make_engine(world, client=client, **options)
 
 
-class Events:
-    """An event sink that keeps what it gets."""
-
-    def __init__(self) -> None:
-        self.events: list[TaskEvent] = []
-
-    async def __call__(self, event: TaskEvent) -> None:
-        self.events.append(event)
-
-    def types(self, task_id: str) -> list[str]:
-        return [e.type for e in self.events if e.task_id == task_id]
-
-
-@contextlib.asynccontextmanager
-async def fresh_world(tmp: Path) -> AsyncIterator[World]:
-    """The `world` fixture, as a context manager for hypothesis examples."""
-    clock = FakeClock()
-    sim = Simulator(clock, tokens=["token-1"], seed=3)
-    token_file = tmp / "token"
-    token_file.write_text("token-1\n")
-    async with sim.running() as base_url:
-        client = CbrClient(
-            endpoint=base_url,
-            project_id=sim.project_id,
-            auth=TokenAuthenticator(token_file=token_file),
-            clock=clock,
-        )
-        async with client:
-            yield World(clock, sim, base_url, client, token_file)
-
-
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     script=st.lists(st.one_of(st.none(), st.sampled_from(SURPRISES)), max_size=30),
@@ -113,7 +79,7 @@ def test_no_exception_ends_a_watch_early(
 
     async def scenario() -> None:
         with tempfile.TemporaryDirectory() as tmp:
-            async with fresh_world(Path(tmp)) as world:
+            async with open_world(Path(tmp), seed=3) as world:
                 task_id = world.sim.add_task(
                     SimTaskSpec(id="t1", outcome=outcome, waiting=20, running=300)
                 )
@@ -127,8 +93,8 @@ def test_no_exception_ends_a_watch_early(
                 task = engine.tasks[task_id]
                 assert task.end_reason == outcome
                 assert engine.stats.internal_errors["poll"] == client.raised
-                assert events.types(task_id)[-1].startswith("task.")
-                assert events.types(task_id).count(events.types(task_id)[-1]) == 1
+                assert events.of(task_id)[-1].startswith("task.")
+                assert events.of(task_id).count(events.of(task_id)[-1]) == 1
 
     asyncio.run(scenario())
 
@@ -186,20 +152,20 @@ async def test_a_failed_write_publishes_nothing_and_is_retried(
             await running.until(lambda: recorder.refused >= 3)
             task = engine.tasks[task_id]
             assert (task.status, task.progress) == ("running", saved_progress)
-            assert events.types(task_id) == ["task.started"]
+            assert events.of(task_id) == ["task.started"]
             ready, conditions = health.readiness()
             assert not ready
             assert conditions["store"] is False
             # The task ends in CBR while the disk is full: still not published.
             world.clock.advance(400)
             await running.until(lambda: recorder.refused >= 6)
-            assert events.types(task_id) == ["task.started"]
+            assert events.of(task_id) == ["task.started"]
             assert engine.active_count() == 1
             recorder.failing = False
             await running.until(engine.all_done)
-        assert events.types(task_id)[0] == "task.started"
-        assert events.types(task_id)[-1] == "task.succeeded"
-        assert events.types(task_id).count("task.succeeded") == 1
+        assert events.of(task_id)[0] == "task.started"
+        assert events.of(task_id)[-1] == "task.succeeded"
+        assert events.of(task_id).count("task.succeeded") == 1
         assert health.readiness()[1]["store"] is True
         saved = {record.task_id: record for record in await store.load_tasks()}
         assert saved[task_id].end_reason == "success"

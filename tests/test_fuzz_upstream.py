@@ -33,7 +33,7 @@ from watcher.cbr.models import (
 )
 from watcher.net.client import RETRY_AFTER_CAP, parse_retry_after
 from watcher.safetext import has_surrogates
-from watcher.sim import bodies
+from watcher.sim import PRESETS, Dialect, bodies
 from watcher.sim.tasks import SimTaskSpec, realize, task_state
 
 EXAMPLES = 300
@@ -155,12 +155,17 @@ def check_log(log: OperationLog) -> None:
 
 
 def check_body(body: object) -> None:
-    """Either parser: a valid model, or MalformedBodyError and nothing else."""
+    """Either parser: a valid model, or MalformedBodyError and nothing else; a page accounts
+    for every entry sent, read or reported malformed."""
     for parse in (parse_show_body, parse_list_body):
         try:
             parsed: OperationLog | OpLogPage = parse(body)
         except MalformedBodyError:
             continue
+        if isinstance(parsed, OpLogPage):
+            assert isinstance(body, dict)
+            assert parsed.returned == len(body["operation_logs"])
+            assert not any(has_surrogates(reason) for reason in parsed.malformed)
         logs = parsed.operation_logs if isinstance(parsed, OpLogPage) else [parsed]
         for log in logs:
             check_log(log)
@@ -206,14 +211,23 @@ def test_list_shaped_junk_is_a_page_or_malformed(logs: list[dict[str, Any]], cou
 
 
 def _real_bodies() -> list[bytes]:
+    """Simulator bodies in both task styles and, as the official examples spell them, with
+    zoneless timestamps and nulls."""
     rng = random.Random(1)
     found = []
-    for n, (outcome, style) in enumerate(
-        [("success", "seed"), ("failed", "compact"), ("skipped", "seed")]
+    examples = PRESETS["examples"]
+    for n, (outcome, style, kind, dialect) in enumerate(
+        [
+            ("success", "seed", "backup", Dialect()),
+            ("failed", "compact", "backup", Dialect()),
+            ("skipped", "seed", "backup", Dialect()),
+            ("success", "compact", "restore", examples),
+            ("timeout", "seed", "backup", examples),
+        ]
     ):
-        spec = SimTaskSpec(operation_type="backup", outcome=outcome, style=style)
+        spec = SimTaskSpec(operation_type=kind, outcome=outcome, style=style)
         task = realize(spec, index=n, created_wall=1.7e9, rng=rng, default_vault=("v", "vault"))
-        log = bodies.operation_log(task, task_state(task, 1.7e9 + 100), "p" * 32)
+        log = bodies.operation_log(task, task_state(task, 1.7e9 + 100), "p" * 32, dialect)
         found.append(json.dumps({"operation_log": log}).encode())
         found.append(json.dumps({"operation_logs": [log], "count": 1}).encode())
     return found

@@ -268,8 +268,135 @@ def test_list_body() -> None:
     page = parse_list_body({"operation_logs": [SEED_EXAMPLE["operation_log"]], "count": 7})
     assert page.count == 7
     assert [log.id for log in page.operation_logs] == ["4827f2da-b008-4507-ab7d-42d0df5ed912"]
+    assert (page.malformed, page.returned) == ([], 1)
     with pytest.raises(MalformedBodyError):
         parse_list_body({"count": 1})
+
+
+# The official examples: no zone on the timestamps, and nulls for what does not apply.
+EXAMPLE_WITH_NULLS: dict[str, Any] = {
+    **SEED_EXAMPLE["operation_log"],
+    "created_at": "2019-05-23T14:31:36.039365",
+    "started_at": "2019-05-23T14:31:36.007230",
+    "updated_at": "2019-05-23T14:35:23.584418",
+    "ended_at": "2019-05-23T14:35:23.511155",
+    "policy_id": None,
+    "vault_id": None,
+    "vault_name": None,
+}
+
+
+def test_zoneless_times_and_nulls_as_in_the_official_examples() -> None:
+    """Timestamps without a zone are UTC; a null policy or vault is simply not there, and
+    the kept body still says null."""
+    page = parse_list_body({"operation_logs": [EXAMPLE_WITH_NULLS], "count": 1})
+    assert page.malformed == []
+    (log,) = page.operation_logs
+    assert log.created_at == datetime(2019, 5, 23, 14, 31, 36, 39365, tzinfo=UTC)
+    assert log.ended_at == datetime(2019, 5, 23, 14, 35, 23, 511155, tzinfo=UTC)
+    assert (log.policy_id, log.vault_id, log.vault_name) == (None, None, None)
+    assert log.is_terminal
+    assert log.progress == 100
+    assert log.raw["vault_id"] is None
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        ("operation_type",),
+        ("project_id",),
+        ("vault_id",),
+        ("vault_name",),
+        ("provider_id",),
+        ("checkpoint_id",),
+        ("policy_id",),
+        ("created_at",),
+        ("ended_at",),
+        ("error_info",),
+        ("error_info", "code"),
+        ("error_info", "message"),
+        ("extra_info",),
+        ("extra_info", "common"),
+        ("extra_info", "common", "progress"),
+        ("extra_info", "common", "request_id"),
+        ("extra_info", "resource"),
+        ("extra_info", "resource", "name"),
+        ("extra_info", "resource", "type"),
+    ],
+)
+def test_null_in_any_optional_field_reads_as_absent(path: tuple[str, ...]) -> None:
+    """`null` wherever a field is optional is that field missing, never an error."""
+    raw = json.loads(json.dumps(SEED_EXAMPLE["operation_log"]))
+    raw["error_info"] = {"code": "BackupService.5009", "message": "snapshot failed"}
+    parent = raw
+    for key in path[:-1]:
+        parent = parent[key]
+    parent[path[-1]] = None
+    log = parse_show_body({"operation_log": raw})
+    info, extra = log.error_info, log.extra_info
+    common = extra.common if extra is not None else None
+    resource = extra.resource if extra is not None else None
+    read = {
+        ("operation_type",): log.operation_type,
+        ("project_id",): log.project_id,
+        ("vault_id",): log.vault_id,
+        ("vault_name",): log.vault_name,
+        ("provider_id",): log.provider_id,
+        ("checkpoint_id",): log.checkpoint_id,
+        ("policy_id",): log.policy_id,
+        ("created_at",): log.created_at,
+        ("ended_at",): log.ended_at,
+        ("error_info",): info,
+        ("error_info", "code"): info and info.code,
+        ("error_info", "message"): info and info.message,
+        ("extra_info",): extra,
+        ("extra_info", "common"): common,
+        ("extra_info", "common", "progress"): log.progress,
+        ("extra_info", "common", "request_id"): common and common.request_id,
+        ("extra_info", "resource"): resource,
+        ("extra_info", "resource", "name"): log.resource.name,
+        ("extra_info", "resource", "type"): log.resource.type,
+    }
+    assert read[path] is None
+    assert (log.id, log.status) == ("4827f2da-b008-4507-ab7d-42d0df5ed912", "success")
+
+
+def test_an_unreadable_entry_spoils_itself_not_the_page() -> None:
+    """Good entries around bad ones are all read; each bad one is named with its place, its
+    ID when it has one, and why it could not be read."""
+    good = SEED_EXAMPLE["operation_log"]
+    page = parse_list_body(
+        {
+            "operation_logs": [
+                {**good, "id": "first"},
+                "oops",
+                {**good, "id": "no-status", "status": None},
+                {**good, "id": 42},
+                {**good, "id": "last"},
+            ],
+            "count": 5,
+        }
+    )
+    assert [log.id for log in page.operation_logs] == ["first", "last"]
+    assert page.malformed == [
+        "entry 1: a string, not an operation log",
+        "entry 2 (id 'no-status'): status: a required text field is missing or null",
+        "entry 3: id: expected text, got int",
+    ]
+    assert (page.count, page.returned) == (5, 5)
+
+
+def test_a_page_of_nothing_but_junk_is_still_a_page() -> None:
+    """Entries were sent, none could be read: not an empty page, and not an error."""
+    page = parse_list_body({"operation_logs": [None, [], 7, {"id": "x"}], "count": 9})
+    assert page.operation_logs == []
+    assert page.returned == 4
+    assert [reason.split(":")[0] for reason in page.malformed] == [
+        "entry 0",
+        "entry 1",
+        "entry 2",
+        "entry 3 (id 'x')",
+    ]
 
 
 TEXT = st.text(st.one_of(st.characters(), st.characters(categories=["Cs"])), max_size=20)
@@ -286,6 +413,56 @@ JSON_VALUES = st.recursive(
     ),
     max_leaves=12,
 )
+
+
+def readable(entry: object) -> bool:
+    """What a list entry needs to be read: an object with a text `id` and `status`."""
+    return (
+        isinstance(entry, dict)
+        and isinstance(entry.get("id"), str)
+        and isinstance(entry.get("status"), str)
+    )
+
+
+GOOD_ENTRIES = st.builds(
+    lambda extra, task_id, status: {**extra, "id": task_id, "status": status},
+    st.dictionaries(TEXT, JSON_VALUES, max_size=2),
+    TEXT,
+    TEXT,
+)
+# Junk of every kind, log-shaped junk included: only the entries `readable` rejects.
+JUNK_ENTRIES = st.one_of(
+    JSON_VALUES,
+    st.builds(
+        lambda extra, task_id, status: {**extra, "id": task_id, "status": status},
+        st.dictionaries(TEXT, JSON_VALUES, max_size=2),
+        JSON_VALUES,
+        JSON_VALUES,
+    ),
+).filter(lambda entry: not readable(entry))
+
+
+@settings(max_examples=150, deadline=None, database=None)
+@given(
+    st.lists(
+        st.one_of(GOOD_ENTRIES.map(lambda e: (True, e)), JUNK_ENTRIES.map(lambda e: (False, e))),
+        max_size=8,
+    ),
+    JSON_VALUES,
+)
+def test_junk_entries_never_cost_a_good_one(
+    entries: list[tuple[bool, object]], count: object
+) -> None:
+    """Whatever junk a page holds, every good entry is read, in order and exactly as sent,
+    and every other entry is reported at its place: none lost, none counted twice."""
+    sent = [entry for _, entry in entries]
+    page = parse_list_body({"operation_logs": sent, "count": count})
+    good = [entry for is_good, entry in entries if is_good]
+    assert [log.raw for log in page.operation_logs] == good
+    assert [int(reason.split()[1].rstrip(":")) for reason in page.malformed] == [
+        position for position, (is_good, _) in enumerate(entries) if not is_good
+    ]
+    assert page.returned == len(sent)
 
 
 @settings(max_examples=300, deadline=None, database=None)

@@ -20,7 +20,7 @@ from watcher.sim import FaultProfile, SimTaskSpec, Simulator, builtin_scenario, 
 from watcher.sim.__main__ import main as sim_main
 from watcher.sim.faults import HOSTILE_FAULTS, FaultInjector, parse_fault
 from watcher.sim.scenario import parse_scenario
-from watcher.sim.server import run_simulator
+from watcher.sim.simulator import run_simulator
 from watcher.sim.tasks import TAIL_START
 from watcher.testing import FakeClock
 
@@ -343,7 +343,7 @@ async def test_wrong_project_is_403(sim: Simulator, api: Api) -> None:
 
 
 async def test_unknown_api_path_is_gateway_404(api: Api) -> None:
-    status, headers, body = await api.get(f"/v3/{PID}/vaults")
+    status, headers, body = await api.get(f"/v3/{PID}/checkpoints")
     assert status == 404
     assert_cbr_headers(headers)
     assert body["error_code"] == "APIGW.0101"

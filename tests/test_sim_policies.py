@@ -18,7 +18,7 @@ import pytest
 from tests.test_sim import PID, Api, until
 from watcher.sim import Simulator, builtin_scenario, load_scenario
 from watcher.sim.policies import PolicySpec
-from watcher.sim.server import run_simulator
+from watcher.sim.simulator import run_simulator
 from watcher.testing import FakeClock
 
 HOUR = 3600.0

@@ -1,4 +1,4 @@
-"""What counts as a secret, and how it is hidden (DESIGN: "No secret leaves").
+"""What counts as a secret, and how it is hidden: no secret leaves the process.
 
 One marker, one key-name rule and three helpers, shared by configuration errors, `check-config`,
 log lines and upstream error messages:

@@ -1,4 +1,4 @@
-"""Text that always survives leaving the process (SPEC: "every string that leaves is safe").
+"""Text that always survives leaving the process (see docs/hostile-input.md).
 
 CBR may send any valid JSON, and valid JSON can hold lone UTF-16 surrogates ("\\ud800") that
 have no UTF-8 encoding. The rule, applied the same way everywhere:

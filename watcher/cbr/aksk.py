@@ -29,7 +29,8 @@ log = structlog.get_logger("watcher.auth")
 
 LOCKOUT_FAILURES = 3
 """Consecutive AK/SK rejections after which nothing is signed for a while. The cloud locks an
-access key for 5 minutes after more than 5 (cbr-api.md §3.2), for every user of that key."""
+access key for 5 minutes after more than 5, for every user of that key (see
+docs/configuration.md, "Authentication")."""
 LOCKOUT_PAUSES = (300.0, 900.0, 3600.0)
 """The pause after the first lockout, the second, and every later one; each pause ends with a
 single probe, so a key that stays wrong costs 5 rejections in the first 80 minutes, then one

@@ -1,4 +1,5 @@
-"""The CBR HTTP client: ShowOpLog and ListOpLogs over aiohttp.
+"""The CBR HTTP client: ShowOpLog, ListOpLogs and the inventory (ListVaults, ListPolicies,
+ListBackups) over aiohttp.
 
 Every failure leaves this module as one of the CbrError kinds (auth, not found, throttled,
 transient, fatal, internal); the engine never sees an aiohttp exception, nor any other one:
@@ -23,7 +24,7 @@ attempt would bypass the engine's request budget, so the client's own session tu
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -41,6 +42,14 @@ from watcher.cbr.errors import (
     TransientError,
 )
 from watcher.cbr.ids import validate_task_id
+from watcher.cbr.inventory import (
+    BackupPage,
+    PolicyPage,
+    VaultPage,
+    parse_backups_body,
+    parse_policies_body,
+    parse_vaults_body,
+)
 from watcher.cbr.models import (
     MalformedBodyError,
     OperationLog,
@@ -59,6 +68,9 @@ RequestObserver = Callable[[str, str, float], None]
 
 SHOW = "show_op_log"
 LIST = "list_op_logs"
+LIST_VAULTS = "list_vaults"
+LIST_POLICIES = "list_policies"
+LIST_BACKUPS = "list_backups"
 MAX_BODY_BYTES = 8 * 1024 * 1024
 MAX_ERROR_BODY_BYTES = 64 * 1024
 MAX_JSON_DEPTH = 64
@@ -142,22 +154,102 @@ class CbrClient:
         extra: Mapping[str, str] | None = None,
     ) -> OpLogPage:
         """GET /v3/{project_id}/operation-logs with filters → one page of tasks."""
-        query: dict[str, str] = {}
-        for key, value in (
-            ("status", status),
-            ("operation_type", operation_type),
-            ("vault_id", vault_id),
-            ("limit", limit),
-            ("offset", offset),
-        ):
-            if value is not None:
-                query[key] = str(value)
-        query.update(extra or {})
-        url = self._base / "v3" / self._project_id / "operation-logs"
-        if query:
-            # Sent exactly as AK/SK signing canonicalises it (yarl would leave ':' bare).
-            url = URL(f"{url}?{encode_query(query.items())}", encoded=True)
-        return await self._get(LIST, url, parse_list_body)
+        query = _query(
+            status=status,
+            operation_type=operation_type,
+            vault_id=vault_id,
+            limit=limit,
+            offset=offset,
+        )
+        return await self._get(LIST, self._url("operation-logs", query, extra), parse_list_body)
+
+    async def list_vaults(
+        self,
+        *,
+        limit: int | None = None,
+        offset: int | None = None,
+        vault_id: str | None = None,
+        name: str | None = None,
+        policy_id: str | None = None,
+        resource_ids: Iterable[str] | None = None,
+        object_type: str | None = None,
+        protect_type: str | None = None,
+        enterprise_project_id: str | None = None,
+        extra: Mapping[str, str] | None = None,
+    ) -> VaultPage:
+        """GET /v3/{project_id}/vaults with filters → one page of vaults with their resources.
+
+        `vault_id` is sent as `id`, `resource_ids` comma-separated; `extra` adds any other
+        query parameter as given."""
+        query = _query(
+            limit=limit,
+            offset=offset,
+            id=vault_id,
+            name=name,
+            policy_id=policy_id,
+            resource_ids=None if resource_ids is None else ",".join(resource_ids),
+            object_type=object_type,
+            protect_type=protect_type,
+            enterprise_project_id=enterprise_project_id,
+        )
+        return await self._get(LIST_VAULTS, self._url("vaults", query, extra), parse_vaults_body)
+
+    async def list_policies(
+        self,
+        *,
+        operation_type: str | None = None,
+        vault_id: str | None = None,
+        extra: Mapping[str, str] | None = None,
+    ) -> PolicyPage:
+        """GET /v3/{project_id}/policies → every matching policy, in one answer.
+
+        ListPolicies takes no `limit` or `offset`: CBR answers the whole list at once."""
+        query = _query(operation_type=operation_type, vault_id=vault_id)
+        url = self._url("policies", query, extra)
+        return await self._get(LIST_POLICIES, url, parse_policies_body)
+
+    async def list_backups(
+        self,
+        *,
+        resource_id: str | None = None,
+        vault_id: str | None = None,
+        status: str | Iterable[str] | None = None,
+        sort: str | None = None,
+        limit: int | None = None,
+        offset: int | None = None,
+        resource_type: str | None = None,
+        enterprise_project_id: str | None = None,
+        extra: Mapping[str, str] | None = None,
+    ) -> BackupPage:
+        """GET /v3/{project_id}/backups with filters → one page of backups.
+
+        `status` may name several statuses (sent once each: any of them matches); `sort` is
+        CBR's `key[:asc|desc],...`, e.g. `created_at:desc`."""
+        statuses = [status] if isinstance(status, str) else list(status or ())
+        query = _query(
+            resource_id=resource_id,
+            vault_id=vault_id,
+            sort=sort,
+            limit=limit,
+            offset=offset,
+            resource_type=resource_type,
+            enterprise_project_id=enterprise_project_id,
+        )
+        query += [("status", item) for item in statuses]
+        url = self._url("backups", query, extra)
+        return await self._get(LIST_BACKUPS, url, parse_backups_body)
+
+    def _url(
+        self, collection: str, query: list[tuple[str, str]], extra: Mapping[str, str] | None
+    ) -> URL:
+        """/v3/{project_id}/{collection}?{query}; a key in `extra` replaces the query's. The
+        query is sent exactly as AK/SK signing canonicalises it (yarl would leave ':' bare)."""
+        url = self._base / "v3" / self._project_id / collection
+        extra = extra or {}
+        pairs = [(key, value) for key, value in query if key not in extra] + [*extra.items()]
+        if not pairs:
+            return url
+        return URL(f"{url}?{encode_query(pairs)}", encoded=True)
 
     async def _get(self, operation: str, url: URL, parse: Callable[[Any], T]) -> T:
         if self._session is None:
@@ -241,6 +333,11 @@ class CbrClient:
             # A rejected signature's message echoes signed headers (X-Security-Token).
             raw = self._redact(raw.decode("utf-8", "replace")).encode()
             raise _error_for(status, raw, response.headers, now=self._clock.wall())
+
+
+def _query(**params: str | int | None) -> list[tuple[str, str]]:
+    """The parameters given (not None), as query pairs."""
+    return [(key, str(value)) for key, value in params.items() if value is not None]
 
 
 def disable_connection_retry(session: aiohttp.ClientSession) -> None:

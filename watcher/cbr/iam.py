@@ -1,7 +1,7 @@
 """`auth.method = "password"`: a project-scoped IAM user token, fetched and refreshed here.
 
 `POST {iam_endpoint}/v3/auth/tokens` with the user's domain, name and password, scoped to the
-project by ID (cbr-api.md §4.1); the token comes back in `X-Subject-Token`, its expiry in
+project by ID; the token comes back in `X-Subject-Token`, its expiry in
 `token.expires_at`. `PasswordAuthenticator` caches it, refreshes it ahead of expiry (an hour
 before, or a quarter of its lifetime when that is shorter) and after a 401, shares one fetch
 between concurrent requests, and backs off between failed fetches: a rejected password waits

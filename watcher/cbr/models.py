@@ -1,18 +1,21 @@
 """Tolerant models of the CBR OperationLog (ShowOpLog / ListOpLogs).
 
 The cloud adds fields and statuses over time, so every model keeps unknown keys, every field
-but `id` and `status` may be missing, and timestamps are accepted in both documented forms
-(`2020-02-23T01:00:32Z` and `2019-05-23T14:35:23.584+00:00`). The raw JSON object is kept
+but `id` and `status` may be missing or `null` (the official examples send `"policy_id": null`,
+`"vault_id": null`, `"vault_name": null`), and timestamps are accepted in every form the
+documentation shows: `2020-02-23T01:00:32Z`, `2019-05-23T14:35:23.584+00:00`, and without a
+zone (`2019-05-23T14:31:36.039365`, read as UTC). The raw JSON object is kept
 as compact JSON bytes next to the typed fields, and decoded on demand (`raw`), so webhooks and
 the state file get it exactly as CBR sent it while each watched task holds one representation
-of its last answer: a slotted object of interned text, datetimes and a bytes body, about
-1.5 KB for a typical answer instead of the 8–15 KB of a validated model plus its dict. The
-parser is hand-written: per poll it costs a fraction of model validation.
+of its last answer: a slotted object of interned text, datetimes and a bytes body, a fraction
+of the size of a validated model plus its dict (bench/README.md has the figures). The parser
+is hand-written: per poll it costs a fraction of model validation.
 
 Tolerant down to single fields: only a missing or non-string `id`/`status`, or a body that is
 not the documented shape at all, makes a body malformed (MalformedBodyError, the only
-exception parsing raises for any JSON value). A field that cannot be read is treated as
-absent, while `raw` keeps it exactly as sent:
+exception parsing raises for any JSON value). In a ListOpLogs page such an entry spoils only
+itself: the page keeps every entry it can read and describes the others (`OpLogPage.malformed`).
+A field that cannot be read is treated as absent, while `raw` keeps it exactly as sent:
 
 * a timestamp that is not one, or lies outside what `datetime` can hold in UTC
   (`9999-12-31T23:59:59-05:00`), is None;
@@ -42,6 +45,7 @@ PENDING_STATUSES = frozenset({"waiting", "running"})
 TERMINAL_STATUSES = frozenset({"success", "failed", "skipped", "timeout"})
 KNOWN_STATUSES = PENDING_STATUSES | TERMINAL_STATUSES
 _MAX_TIMESTAMP_LENGTH = 64
+_MAX_ID_SHOWN = 128
 _BIG_INT = 10**30
 _PROGRESS_TEXT = re.compile(r"\s*([0-9]{1,10})\s*")
 
@@ -424,18 +428,21 @@ def _compact(raw: Mapping[str, Any]) -> bytes | dict[str, Any]:
 
 @dataclass(slots=True)
 class OpLogPage:
-    """One page of ListOpLogs: the logs and the `count` CBR reported."""
+    """One page of ListOpLogs: the logs that could be read, the `count` (and the echoed `limit`
+    and `offset`) CBR reported, and why each entry that could not be read was left out."""
 
     operation_logs: list[OperationLog]
     count: int | None = None
     limit: int | None = None
     offset: int | None = None
     malformed: list[str] = field(default_factory=list)
-    """Why each entry that could not be read was skipped (it spoils that entry, not the page)."""
+    """One short reason per unreadable entry, in page order, naming its place on the page and
+    its ID when at least that could be read: `entry 2 (id 'x'): status: ...`."""
 
     @property
     def returned(self) -> int:
-        """Entries the server returned on this page, readable or not (the paging step)."""
+        """How many entries CBR returned on this page, readable or not: what the next
+        `offset` moves on by, and 0 only for a page that really is empty."""
         return len(self.operation_logs) + len(self.malformed)
 
 
@@ -451,16 +458,23 @@ def parse_show_body(body: object) -> OperationLog:
 
 
 def parse_list_body(body: object) -> OpLogPage:
-    """Parse a ListOpLogs 200 body: `{"operation_logs": [...], "count": N}`."""
+    """Parse a ListOpLogs 200 body: `{"operation_logs": [...], "count": N}`.
+
+    MalformedBodyError only when the body has no `operation_logs` list; an entry that is not
+    an operation log is left out of `operation_logs` and described in `malformed`.
+    """
     if not isinstance(body, dict) or not isinstance(body.get("operation_logs"), list):
         raise MalformedBodyError("body has no 'operation_logs' list")
     logs: list[OperationLog] = []
     malformed: list[str] = []
-    for item in body["operation_logs"]:
+    for position, item in enumerate(body["operation_logs"]):
+        if not isinstance(item, dict):
+            malformed.append(f"entry {position}: {_json_type(item)}, not an operation log")
+            continue
         try:
             logs.append(OperationLog.from_raw(item))
-        except (ValueError, TypeError) as error:
-            malformed.append(str(error)[:200])
+        except MalformedBodyError as error:
+            malformed.append(f"entry {position}{_entry_id(item)}: {error}")
 
     def as_int(key: str) -> int | None:
         value = body.get(key)
@@ -473,3 +487,23 @@ def parse_list_body(body: object) -> OpLogPage:
         offset=as_int("offset"),
         malformed=malformed,
     )
+
+
+def _json_type(value: object) -> str:
+    """The JSON name of a decoded value's type, for messages."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    return "an array" if isinstance(value, list) else type(value).__name__
+
+
+def _entry_id(raw: Mapping[str, Any]) -> str:
+    """` (id '…')` for an unreadable entry whose `id` is text (cut to a task ID's longest
+    length), else nothing."""
+    value = raw.get("id")
+    return f" (id {clean(value[:_MAX_ID_SHOWN])!r})" if isinstance(value, str) else ""

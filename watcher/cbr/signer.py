@@ -1,4 +1,4 @@
-"""AK/SK request signing, `SDK-HMAC-SHA256`, as the Huawei Cloud SDKs do it (cbr-api.md §4.2).
+"""AK/SK request signing, `SDK-HMAC-SHA256`, as the Huawei Cloud SDKs do it.
 
 Pure functions, no I/O and no clock: the caller passes the time. `sign` adds `X-Sdk-Date`,
 `Host` and `Authorization` to a header dict in place. The URL must already carry its query

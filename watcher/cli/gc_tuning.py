@@ -2,10 +2,10 @@
 
 CPython's full (generation 2) collection walks every tracked container that survived two
 younger collections. With tens of thousands of watched tasks that is the task table itself,
-which is never garbage, and the walk stops the event loop: before this module the longest
-pause was 0.35–0.52 s at 10,000 tasks and 1.2–1.4 s at 50,000, the p99 scheduling lag.
-What the daemon watches is built once at start-up (restored state, `watch.tasks`, the task
-file) and then grows in batches (a task-file edit, a run of task-API calls), so:
+which is never garbage, and the walk stops the event loop long enough to become the p99
+scheduling lag. What the daemon watches is built once at start-up (restored state,
+`watch.tasks`, the task file) and then grows in batches (a task-file edit, a run of task-API
+calls), so:
 
 * after start-up, and again after every `FREEZE_AFTER_ADDED` additions, `gc.freeze()` moves
   every object tracked so far into the permanent generation, which collections skip (freezing
@@ -17,13 +17,10 @@ file) and then grows in batches (a task-file edit, a run of task-API calls), so:
   few hundred short-lived containers (request, response, parsed JSON), and collecting them
   700 at a time promoted half-finished polls into the older generations.
 
-Measured with `bench/engine_bench.py --sizes 10000 --gc-variants tuned,none,freeze,thresholds`
-(the whole daemon, 500 polls/s, a scrape every 15 s, a 45 s window; bench/README.md): with
-neither part, 4 full collections and a longest pause of 138 ms (p99 lag 164 ms); freezing
-alone, 4 full collections of up to 100 ms (answers replaced since the freeze still pile up in
-the old generation); the thresholds alone, no full collection but pauses up to 91 ms; both,
-no full collection and 28 ms at most (p99 lag 42–61 ms). The previous commit, with neither
-and heavier objects: 7 full collections, 391 ms. At 50,000 tasks, both: 37 ms at most.
+Neither part is enough alone: freezing alone leaves the answers replaced since the freeze to
+pile up in the old generation, which full collections still walk; the thresholds alone make
+full collections rare but young collections long. The measurements are in bench/README.md
+("Figures behind choices in the code").
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The command line (SPEC §3): subcommands and exit codes."""
+"""The command line (see docs/cli.md): subcommands and exit codes."""
 
 from __future__ import annotations
 
@@ -70,7 +70,7 @@ def duration(text: str) -> float:
 
 
 def task_id(text: str) -> str:
-    """argparse `type=` for a task ID argument (SPEC §2's rule)."""
+    """argparse `type=` for a task ID argument (`watcher.cbr.ids` has the rule)."""
     if not is_valid_task_id(text):
         raise argparse.ArgumentTypeError(f"invalid task ID {text!r}: expected {TASK_ID_RULE}")
     return text
@@ -82,6 +82,18 @@ def label(text: str) -> tuple[str, str]:
     if not sep or not key:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE (got {text!r})")
     return key, value
+
+
+def dialect_name(text: str) -> str:
+    """argparse `type=` for `simulate --dialect`: the name of a simulator dialect preset."""
+    # Imported here: the simulator is only loaded by the commands that run it.
+    from watcher.sim.dialects import PRESETS
+
+    if text not in PRESETS:
+        raise argparse.ArgumentTypeError(
+            f"unknown dialect {text!r}: expected one of {', '.join(PRESETS)}"
+        )
+    return text
 
 
 def _add_client_commands(commands: Any) -> None:
@@ -170,6 +182,13 @@ def build_parser() -> argparse.ArgumentParser:
     simulate = commands.add_parser("simulate", help="run the CBR simulator alone")
     simulate.add_argument("--listen", default="127.0.0.1:9473", metavar="HOST:PORT")
     simulate.add_argument("--scenario", type=Path, help="scenario TOML file")
+    simulate.add_argument(
+        "--dialect",
+        type=dialect_name,
+        metavar="NAME",
+        help="a preset answer to what the CBR API reference leaves open, such as examples or "
+        "worst-case (replaces the scenario's; an unknown name lists them)",
+    )
 
     hook = commands.add_parser("webhook-test", help="send a signed test.ping to a receiver")
     hook.add_argument("name", metavar="NAME", help="the receiver's name in [[webhooks]]")
@@ -269,7 +288,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         configure_logging(level="info", fmt="auto")
         try:
-            return asyncio.run(run_simulate_command(args.listen, args.scenario))
+            return asyncio.run(run_simulate_command(args.listen, args.scenario, args.dialect))
         except ValueError as error:
             print(f"cbr-watcher: configuration error: {error}", file=sys.stderr)
             return EXIT_CONFIG

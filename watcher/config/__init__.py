@@ -1,4 +1,6 @@
-"""Configuration (SPEC §4): the settings model, where values come from, and one-line errors.
+"""Configuration: the settings model, where values come from, and one-line errors.
+
+What users see of it (every key, precedence, secret files): docs/configuration.md.
 
 Precedence, highest first: command-line overrides, environment variables (`CBR_WATCHER_…`,
 `__` between levels), secret files (same names in lower case), the TOML file, defaults.

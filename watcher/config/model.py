@@ -1,4 +1,6 @@
-"""The settings model (SPEC §4): one frozen pydantic model per TOML section, and `Settings`.
+"""The settings model: one frozen pydantic model per TOML section, and `Settings`.
+
+Every key is documented for users in docs/configuration.md; keep the two in step.
 
 Build it with `watcher.config.load_settings`; `Settings(...)` alone only takes keyword
 arguments and never reads the environment, a secret directory or a file.
@@ -138,7 +140,7 @@ class WatchSettings(_Section):
     auth_failure_timeout: PositiveDuration = 600.0
     """With exit_when_done, give up (exit 1) after credentials fail this long."""
     discover: list[DiscoverSettings] = Field(default_factory=list)
-    """`[[watch.discover]]` blocks (SPEC §9); none = discovery off."""
+    """`[[watch.discover]]` blocks; none = discovery off."""
     discover_interval: PositiveDuration = 30.0
     discover_lookback: Duration = 3600.0
 
@@ -253,7 +255,7 @@ class LogSettings(_Section):
 
 
 class Settings(BaseSettings):
-    """Everything cbr-watcher is configured with (SPEC §4). Build it with `load_settings`.
+    """Everything cbr-watcher is configured with. Build it with `load_settings`.
 
     `Settings(...)` itself only takes keyword arguments (handy in tests); it never reads the
     environment, secret directories or a file.

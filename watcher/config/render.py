@@ -83,8 +83,8 @@ def _table(header: str, section: BaseModel, notes: dict[str, str]) -> list[str]:
 
 
 def render_effective(settings: Settings) -> str:
-    """The effective settings as TOML for `check-config`: sections in SPEC order, durations
-    spelt like "5m", and every secret that is set shown as REDACTED."""
+    """The effective settings as TOML for `check-config`: sections in the documented order,
+    durations spelt like "5m", and every secret that is set shown as REDACTED."""
     notes: dict[str, dict[str, str]] = {"cbr": {}, "auth": {}}
     if settings.cbr.region and not settings.cbr.endpoint:
         notes["cbr"]["endpoint"] = settings.cbr.effective_endpoint

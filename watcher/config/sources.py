@@ -1,4 +1,4 @@
-"""Where configuration values come from (SPEC §4), on pydantic-settings' public hooks only.
+"""Where configuration values come from, on pydantic-settings' public hooks only.
 
 Precedence, highest first: command-line overrides, environment variables (`CBR_WATCHER_…`,
 `__` between levels), secret files (the same names, any case, in `$CREDENTIALS_DIRECTORY` then

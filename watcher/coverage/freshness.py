@@ -1,8 +1,9 @@
-"""Per-resource backup freshness (SPEC §7): has every resource had a recent successful task?
+"""Per-resource backup freshness: has every resource had a recent successful task?
 
 Pure data and rules, shared by the state recorder (which persists them) and the metrics (which
 export `cbr_watcher_resource_last_success_timestamp_seconds` and
-`cbr_watcher_resource_last_status`). Fed by every task that ends with a CBR terminal status.
+`cbr_watcher_resource_last_status`; see docs/metrics.md). Fed by every task that ends with a
+CBR terminal status.
 """
 
 from __future__ import annotations

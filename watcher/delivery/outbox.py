@@ -1,4 +1,4 @@
-"""The outbox seam (SPEC §5): which receiver gets which event, in which bytes, under which ID.
+"""The outbox seam: which receiver gets which event, in which bytes, under which ID.
 
 Producing side only. The state recorder commits the rows built here together with the task's
 state; the deliverer (`watcher.delivery.webhooks`) then reads due rows and sends their bytes as they
@@ -8,7 +8,7 @@ Routing: a receiver gets an event when one of its `events` patterns names the ty
 is a shell-style glob matching it, except `task.progress`, which only a receiver naming it
 exactly gets (`task.*` or `*` do not select it). The body is `watcher.delivery.payloads.event_body`;
 the `webhook-id` is `watcher.delivery.payloads.event_id`, derived from task ID and event type, so a
-restart re-sends the same ID.
+restart re-sends the same ID. What receivers see: docs/webhooks.md.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Webhook bodies (SPEC §5): stable event IDs and the exact JSON bytes that get signed and sent."""
+"""Webhook bodies (see docs/webhooks.md): stable event IDs and the exact JSON bytes that get signed
+and sent."""
 
 from __future__ import annotations
 

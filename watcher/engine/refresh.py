@@ -182,7 +182,7 @@ class RefreshSweep:
         if result.largest_page:
             self._page_size = min(result.largest_page, listing.LIST_LIMIT)
         if result.malformed:
-            self._stats.list_malformed += result.malformed
+            self._stats.list_malformed["refresh"] += result.malformed
             log.warning(
                 "refresh.entries_unreadable",
                 entries=result.malformed,
@@ -207,7 +207,7 @@ class RefreshSweep:
         failure = error if isinstance(error, CbrError) else InternalError.wrap(error)
         now = self._clock.monotonic()
         if failure.http_status == 403:
-            self._stats.list_refused += 1
+            self._stats.list_refused["refresh"] += 1
             self._off_until = now + REFUSED_PAUSE
             if not self._refused:
                 self._refused = True

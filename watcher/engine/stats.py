@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 
 from watcher.engine import schedule
 
+LIST_COMPONENTS = ("refresh", "discovery")
+"""Who lists operation logs: the refresh sweep and discovery."""
 INTERNAL_COMPONENTS = ("poll", "store", "events", "engine")
 """Where an unexpected exception can be caught and survived (`EngineStats.internal_errors`):
 a poll (client or answer handling), a state write, an event subscriber, the scheduler loop."""
@@ -23,9 +25,13 @@ class EngineStats:
     """ListOpLogs page requests started to refresh watched tasks (not discovery's)."""
     list_refreshed: int = 0
     """Task answers taken from those pages instead of a ShowOpLog each."""
-    list_refused: int = 0
-    """Refresh listings the cloud refused (403: the credentials may not list)."""
-    list_malformed: int = 0
+    list_refused: Counter[str] = field(
+        default_factory=lambda: Counter(dict.fromkeys(LIST_COMPONENTS, 0))
+    )
+    """Listings the cloud refused (403: the credentials may not list), by who listed."""
+    list_malformed: Counter[str] = field(
+        default_factory=lambda: Counter(dict.fromkeys(LIST_COMPONENTS, 0))
+    )
     """List entries that could not be read (each spoils that entry, not its page)."""
     lag_samples: deque[float] = field(default_factory=lambda: deque(maxlen=200_000))
     """Scheduling lag of recent polls: due time → request started, in seconds."""

@@ -1,4 +1,4 @@
-"""structlog set-up (SPEC §8): JSON lines when stdout is not a terminal, console otherwise.
+"""structlog set-up (see docs/logs.md): JSON lines when stdout is not a terminal, console otherwise.
 
 Logging is total: nothing a log call does can raise into the program. A closed or broken
 stdout (`cbr-watcher run | head -n 2`), a stream that cannot encode a character, or a

@@ -1,11 +1,11 @@
-"""HTTP on `server.listen`: /metrics, /healthz and /readyz (see docs/metrics.md, "Endpoints").
+"""HTTP on `server.listen`: /metrics, /healthz and /readyz (see docs/metrics.md).
 
 The app is served by `watcher.net.listener.HttpListener` (re-exported here); the task API on
 `server.api_listen` is a second app on a second listener.
 
-A scrape snapshots the task table on the event loop (references to its immutable rows: about
-a millisecond for 50,000 tasks) and selects, renders and compresses in a worker thread, so
-the loop keeps polling meanwhile.
+A scrape snapshots the task table on the event loop (references to its immutable rows, which
+is cheap) and selects, renders and compresses in a worker thread, so the loop keeps polling
+meanwhile.
 No access-log line is written per request.
 """
 
@@ -43,9 +43,8 @@ least once a second)."""
 SHUTDOWN_TIMEOUT = 3.0
 """Seconds open requests get when the listener closes."""
 GZIP_LEVEL = 1
-"""Level 1: the 9 MB text of 10,000 tasks compresses in 23 ms to 668 KB, against 59 ms and
-621 KB at level 5 (measured); exposition text is repetitive enough that more effort buys
-little, and the render thread holds the GIL while it compresses."""
+"""Level 1: exposition text is repetitive enough that more effort buys little size for much
+more time, and the render thread holds the GIL while it compresses (measured: bench/README.md)."""
 
 
 class LoopTurns(Protocol):

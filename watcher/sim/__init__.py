@@ -1,5 +1,6 @@
 """The CBR simulator: a faithful fake of the operation-log API for tests, demos and trials."""
 
+from watcher.sim.dialects import PRESETS, Dialect
 from watcher.sim.faults import FaultProfile
 from watcher.sim.policies import PolicySpec
 from watcher.sim.scenario import Scenario, builtin_scenario, load_scenario
@@ -9,6 +10,8 @@ from watcher.sim.tasks import SimTaskSpec, TaskState
 __all__ = [
     "DEFAULT_PROJECT_ID",
     "DEFAULT_TOKENS",
+    "PRESETS",
+    "Dialect",
     "FaultProfile",
     "PolicySpec",
     "Scenario",

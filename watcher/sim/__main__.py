@@ -1,4 +1,5 @@
-"""`python -m watcher.sim [--listen HOST:PORT] [--scenario FILE]`: the simulator alone."""
+"""`python -m watcher.sim [--listen HOST:PORT] [--scenario FILE] [--dialect NAME]`: the
+simulator alone."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import signal
 import sys
 from pathlib import Path
 
-from watcher.sim.server import DEFAULT_LISTEN, run_simulator
+from watcher.sim.dialects import PRESETS, preset
+from watcher.sim.simulator import DEFAULT_LISTEN, run_simulator
 
 EX_CONFIG = 78
 
@@ -20,14 +22,20 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--listen", default=DEFAULT_LISTEN, help="HOST:PORT (default %(default)s)")
     parser.add_argument("--scenario", type=Path, help="scenario TOML file (default: built-in demo)")
+    parser.add_argument(
+        "--dialect",
+        choices=PRESETS,
+        help="answer the API reference's open questions this way (replaces the scenario's)",
+    )
     args = parser.parse_args(argv)
+    dialect = preset(args.dialect) if args.dialect else None
 
     async def serve() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
-        await run_simulator(args.listen, args.scenario, stop)
+        await run_simulator(args.listen, args.scenario, stop, dialect=dialect)
 
     try:
         asyncio.run(serve())

@@ -2,8 +2,9 @@
 
 Every CBR API request passes one middleware, in this order: log it, add latency (on the
 simulator's clock), reject unknown paths (404 `APIGW.0101`), authenticate (401 `APIGW.0301`),
-check the project (403), inject a scripted or random fault, and finally answer. Requests that
-fail authentication therefore do not consume a task's scripted faults.
+check the project and, when the dialect refuses listing, the permission to list (403
+`APIGW.0302`), inject a scripted or random fault, and finally answer. Requests that fail
+authentication or permission therefore do not consume a task's scripted faults.
 
 The middleware also notes whether a request came on a kept-alive connection that already
 carried one (for the "reset:reused" fault); hostile body faults come from
@@ -21,8 +22,10 @@ from aiohttp import web
 
 from watcher.sim import bodies, hostile
 from watcher.sim.core import SimCore, SimRequest
+from watcher.sim.dialects import Dialect, dialect_from_mapping
 from watcher.sim.faults import Fault
 from watcher.sim.iam import TOKENS_PATH, http_date
+from watcher.sim.inventory import add_routes as add_inventory_routes
 from watcher.sim.listing import parse_list_query, select
 from watcher.sim.signature import SignedCall
 from watcher.sim.specs import policy_from_mapping, spec_from_mapping
@@ -33,6 +36,7 @@ _Spec = TypeVar("_Spec")
 API_PREFIX = "/v3/"
 SHOW_PATH = "/v3/{project_id}/operation-logs/{operation_log_id}"
 LIST_PATH = "/v3/{project_id}/operation-logs"
+LIST_ROUTE = "ListOpLogs"
 BODY_FAULTS = frozenset({"deep_json", "oversized", "far_date", "surrogate", "progress"})
 CHUNK_BYTES = 64 * 1024
 
@@ -60,8 +64,8 @@ def make_app(sim: SimCore) -> web.Application:
     control = _ControlApi(sim)
     app = web.Application(middlewares=[api.middleware])
     app.router.add_post(TOKENS_PATH, sim.iam.create_token)
-    app.router.add_get(LIST_PATH, api.list_logs)
-    app.router.add_get(SHOW_PATH, api.show_log)
+    app.router.add_get(LIST_PATH, api.list_logs, name=LIST_ROUTE)
+    app.router.add_get(SHOW_PATH, api.show_log, name="ShowOpLog")
     app.router.add_post("/_sim/tasks", control.add_tasks)
     app.router.add_get("/_sim/tasks", control.list_tasks)
     app.router.add_get("/_sim/tasks/{task_id}/requests", control.task_requests)
@@ -69,6 +73,9 @@ def make_app(sim: SimCore) -> web.Application:
     app.router.add_get("/_sim/policies", control.list_policies)
     app.router.add_get("/_sim/stats", control.stats)
     app.router.add_put("/_sim/auth", control.set_auth)
+    app.router.add_get("/_sim/dialect", control.dialect)
+    app.router.add_put("/_sim/dialect", control.set_dialect)
+    add_inventory_routes(app, sim)
     return app
 
 
@@ -128,7 +135,9 @@ class _CbrApi:
         reason = sim.auth.check(call)
         if reason is not None:
             return json_response(401, bodies.unauthorized(reason, request_id))
-        if request.match_info["project_id"] != sim.project_id:
+        if request.match_info["project_id"] != sim.project_id or (
+            sim.dialect.list_forbidden and request.match_info.route.name == LIST_ROUTE
+        ):
             return json_response(403, bodies.forbidden(request_id))
         fault = sim.faults.next_fault(entry.task_id, reused=entry.reused)
         if fault is None:
@@ -144,8 +153,9 @@ class _CbrApi:
             return json_response(status, bodies.server_error(status, request_id))
         if fault.kind == "throttle":
             headers = {}
-            if fault.retry_after is not None:
-                headers["Retry-After"] = f"{fault.retry_after:g}"
+            retry_after = self._retry_after(fault, self.sim.dialect)
+            if retry_after is not None:
+                headers["Retry-After"] = f"{retry_after:g}"
             return json_response(429, bodies.throttled(request_id), headers)
         if fault.kind == "unauthorized":
             return json_response(401, bodies.unauthorized("decrypt token fail", request_id))
@@ -164,6 +174,15 @@ class _CbrApi:
             await self.sim.closing.wait()
         _abort(request)
         return web.Response(status=500)
+
+    def _retry_after(self, fault: Fault, dialect: Dialect) -> float | None:
+        """The seconds a throttle fault's `Retry-After` says, as the dialect has it (None: no
+        header)."""
+        if dialect.retry_after == "never":
+            return None
+        if dialect.retry_after == "always" and fault.retry_after is None:
+            return self.sim.faults.profile.retry_after_seconds
+        return fault.retry_after
 
     async def _malformed(
         self, fault: Fault, request: web.Request, handler: Handler
@@ -219,20 +238,25 @@ class _CbrApi:
         task = self.sim.tasks.get(request.match_info["operation_log_id"])
         if task is None or not task.visible(now):
             return json_response(404, bodies.NOT_FOUND)
-        log = bodies.operation_log(task, task_state(task, now), self.sim.project_id)
+        log = bodies.operation_log(
+            task, task_state(task, now), self.sim.project_id, self.sim.dialect
+        )
         return json_response(200, {"operation_log": log})
 
     async def list_logs(self, request: web.Request) -> web.StreamResponse:
         """GET /v3/{project_id}/operation-logs: filters, time window, offset/limit paging
         (semantics in `watcher.sim.listing`)."""
+        dialect = self.sim.dialect
         try:
-            query = parse_list_query(request.query)
+            query = parse_list_query(request.query, dialect)
         except ValueError as error:
             return json_response(400, bodies.bad_parameter(str(error)))
         now = self.sim.clock.wall()
-        count, page = select(self.sim.listing(), query, now)
+        count, page = select(self.sim.listing(), query, now, dialect)
         project_id = self.sim.project_id
-        logs = [bodies.operation_log(task, task_state(task, now), project_id) for task in page]
+        logs = [
+            bodies.operation_log(task, task_state(task, now), project_id, dialect) for task in page
+        ]
         return json_response(
             200,
             {"operation_logs": logs, "count": count, "limit": query.limit, "offset": query.offset},
@@ -272,7 +296,8 @@ async def _add_from_body(
 
 
 class _ControlApi:
-    """/_sim/: add tasks, read request counts, rotate tokens. No auth: it is a test tool."""
+    """/_sim/: add tasks, read request counts, rotate tokens, switch the dialect. No auth: it
+    is a test tool."""
 
     def __init__(self, sim: SimCore) -> None:
         self.sim = sim
@@ -333,3 +358,20 @@ class _ControlApi:
         except ValueError as error:
             return json_response(400, {"error": str(error)})
         return json_response(200, answer)
+
+    async def dialect(self, request: web.Request) -> web.StreamResponse:
+        """GET /_sim/dialect: the dialect the API speaks now, every field."""
+        return json_response(200, self.sim.dialect.as_json())
+
+    async def set_dialect(self, request: web.Request) -> web.StreamResponse:
+        """PUT /_sim/dialect: change the given fields of the current dialect (`preset`: start
+        from that one instead), from the next request on; answers the whole new dialect."""
+        try:
+            body = await request.json()
+        except ValueError:
+            return json_response(400, {"error": "body is not valid JSON"})
+        try:
+            self.sim.dialect = dialect_from_mapping(body, "dialect", base=self.sim.dialect)
+        except ValueError as error:
+            return json_response(400, {"error": str(error)})
+        return json_response(200, self.sim.dialect.as_json())

@@ -3,9 +3,10 @@
 The simulator deliberately does not use `watcher.cbr.models`: the client's models and these
 bodies are written independently, so testing one against the other is a real cross-check.
 
-Documented (ShowOpLog.txt, cbr-api.md §3): the OperationLog field set, the 404
-`BackupService.6500` body, 401 `APIGW.0301` and 429 `APIGW.0308` with a `request_id`, and the
-generic invalid-parameter code `BackupService.9900`.
+Documented (the ShowOpLog reference and the gateway's error table): the OperationLog field
+set, the 404 `BackupService.6500` body, 401 `APIGW.0301` and 429 `APIGW.0308` with a
+`request_id`, and the generic invalid-parameter code `BackupService.9900`. How timestamps are
+spelled and which absent fields are sent as `null` follow the simulator's `Dialect`.
 Inference (not documented for CBR): the 5xx bodies, the 403 body for a project the caller may
 not use, and the 404 for a path the gateway does not know. They follow the API gateway error
 table (`APIGW.0101` 404, `APIGW.0202` 502, `APIGW.0203` 504, `APIGW.0302` 403); 500 and 503 use
@@ -18,6 +19,7 @@ import functools
 from datetime import UTC, datetime
 from typing import Any
 
+from watcher.sim.dialects import DEFAULT_DIALECT, Dialect
 from watcher.sim.tasks import SimTask, TaskState, error_info
 
 JSON_CONTENT_TYPE = "application/json;charset=UTF-8"
@@ -28,23 +30,36 @@ THROTTLED_MSG = (
 )
 
 
+# The timestamp spelling of each task style, when the dialect leaves it to the task.
+STYLE_SPELLING = {"seed": "+00:00", "compact": "Z"}
+
+
 # Cached: a listing of 1,000 tasks formats 3,000 timestamps, most of them (creation and start
 # times) the same on every page request.
 @functools.lru_cache(maxsize=1 << 16)
-def timestamp(epoch: float, style: str) -> str:
-    """Both documented spellings: "seed" → `2019-05-23T14:35:23.584+00:00`, else `…23Z`."""
+def timestamp(epoch: float, spelling: str) -> str:
+    """The three spellings seen in the documentation: "+00:00" →
+    `2019-05-23T14:35:23.584+00:00`, "zoneless" → `2019-05-23T14:31:36.039365`, else
+    `2020-02-23T01:00:32Z`. A task style ("seed", "compact") stands for its spelling."""
     moment = datetime.fromtimestamp(epoch, UTC)
-    if style == "seed":
+    spelling = STYLE_SPELLING.get(spelling, spelling)
+    if spelling == "+00:00":
         return moment.isoformat(timespec="milliseconds")
+    if spelling == "zoneless":
+        return moment.replace(tzinfo=None).isoformat(timespec="microseconds")
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def operation_log(task: SimTask, state: TaskState, project_id: str) -> dict[str, Any]:
-    """One OperationLog object with the field set of the ShowOpLog example."""
+def operation_log(
+    task: SimTask, state: TaskState, project_id: str, dialect: Dialect = DEFAULT_DIALECT
+) -> dict[str, Any]:
+    """One OperationLog object with the field set of the ShowOpLog example, in `dialect`."""
     spec = task.spec
+    spelling = task.style if dialect.timestamps == "task" else dialect.timestamps
+    no_vault = spec.operation_type in dialect.null_vault_for
 
     def ts(epoch: float) -> str:
-        return timestamp(epoch, task.style)
+        return timestamp(epoch, spelling)
 
     common: dict[str, Any] = {"request_id": task.request_id, "task_id": task.backend_task_id}
     if state.progress is not None:
@@ -59,8 +74,8 @@ def operation_log(task: SimTask, state: TaskState, project_id: str) -> dict[str,
         "project_id": project_id,
         "provider_id": task.provider_id,
         "checkpoint_id": task.checkpoint_id,
-        "vault_id": task.vault_id,
-        "vault_name": task.vault_name,
+        "vault_id": None if no_vault else task.vault_id,
+        "vault_name": None if no_vault else task.vault_name,
         "created_at": ts(task.created_wall),
         "started_at": ts(state.started),
         "updated_at": ts(state.updated),
@@ -71,6 +86,8 @@ def operation_log(task: SimTask, state: TaskState, project_id: str) -> dict[str,
         body["ended_at"] = ts(state.ended)
     if spec.policy_id:
         body["policy_id"] = spec.policy_id
+    elif dialect.null_policy:
+        body["policy_id"] = None
     if task.style == "compact" or spec.enterprise_project_id != "0":
         # Not in the seed field set: the real cloud adds keys like this one over time.
         body["enterprise_project_id"] = spec.enterprise_project_id
@@ -79,7 +96,7 @@ def operation_log(task: SimTask, state: TaskState, project_id: str) -> dict[str,
 
 
 def _operation_details(task: SimTask) -> dict[str, Any]:
-    """The `extra_info` section named after the operation type (cbr-api.md §2.3)."""
+    """The `extra_info` section named after the operation type (as the SDK models it)."""
     kind = task.spec.operation_type
     backup_name = f"manualbk_{task.backup_id[:4]}"
     if kind == "backup":
@@ -140,7 +157,8 @@ def throttled(request_id: str) -> dict[str, str]:
 
 
 def forbidden(request_id: str) -> dict[str, str]:
-    """403 for a project the token does not cover (inference: the gateway's `APIGW.0302`)."""
+    """403 for a project the token does not cover, or an API its user may not call
+    (inference: the gateway's `APIGW.0302`)."""
     return gateway_error(
         "APIGW.0302", "The IAM user is not authorized to access the API.", request_id
     )

@@ -1,8 +1,8 @@
 """The simulator's state and behaviour: tasks, credentials, faults and the request log.
 
 Nothing here speaks HTTP or opens a socket: `watcher.sim.app` serves a `SimCore` over HTTP,
-`watcher.sim.serving` binds it to a socket, and `watcher.sim.simulator.Simulator` (the public
-class) adds both as methods. Keeping this module below them is what keeps the package free of
+and `watcher.sim.simulator` binds it to a socket and holds `Simulator` (the public class),
+which adds both as methods. Keeping this module below them is what keeps the package free of
 import cycles.
 """
 
@@ -18,8 +18,10 @@ from types import MappingProxyType
 from watcher.cbr.ids import validate_task_id
 from watcher.clock import Clock
 from watcher.sim.auth import DEFAULT_TOKEN_LIFETIME, AccessKey, SimAuth, User
+from watcher.sim.dialects import DEFAULT_DIALECT, Dialect
 from watcher.sim.faults import FaultInjector, FaultProfile, parse_fault
 from watcher.sim.iam import IamApi
+from watcher.sim.inventory import Inventory
 from watcher.sim.listing import NewestFirst
 from watcher.sim.policies import PolicySchedule, PolicySpec
 from watcher.sim.tasks import SimTask, SimTaskSpec, TaskState, random_uuid, realize, task_state
@@ -53,6 +55,10 @@ class SimCore:
     simulator needs no timers and a FakeClock can jump freely. Policies are lazy too: the
     tasks they start exist from the first look at the tasks (`tasks`, `state`, `listing`, any
     API request) after their creation time, each with that creation time.
+
+    `dialect` answers what the API reference leaves open (count, page cap, timestamp spelling,
+    nulls, Retry-After, listing permission); assign a new one at any time, e.g.
+    `sim.dialect = dataclasses.replace(sim.dialect, list_forbidden=True)`.
     """
 
     def __init__(
@@ -66,10 +72,12 @@ class SimCore:
         users: Iterable[User] = (),
         access_keys: Iterable[AccessKey] = (),
         token_lifetime: float = DEFAULT_TOKEN_LIFETIME,
+        dialect: Dialect = DEFAULT_DIALECT,
     ) -> None:
         self.clock = clock
         self.project_id = project_id
         self.seed = seed
+        self.dialect = dialect
         self.auth = SimAuth(
             clock,
             tokens=tokens,
@@ -86,6 +94,7 @@ class SimCore:
         self._tasks: dict[str, SimTask] = {}
         self._order = NewestFirst()
         self._policies: list[PolicySchedule] = []
+        self.inventory = Inventory(clock, seed)
         self._show_counts: Counter[str] = Counter()
         self.request_log: list[SimRequest] = []
         # Set when serving stops: it releases the requests a "hang" fault is holding.
@@ -158,6 +167,7 @@ class SimCore:
                 start_wall=self.clock.wall(),
                 seed=self.seed,
                 default_vault=self.default_vault,
+                members=self.inventory.members,
             )
             if schedule.id in taken:
                 raise ValueError(f"policy ID {schedule.id!r} already exists")

@@ -1,6 +1,7 @@
 """ListOpLogs as the simulator answers it: the query, the filters, the order and the page.
 
-Our reading of cbr-api.md §1, with what the reference leaves open marked as inference:
+Our reading of the ListOpLogs reference, with what it leaves open marked as inference (the
+guesses a `Dialect` can switch are marked "dialect"):
 
 - Filters `status`, `operation_type`, `vault_id`, `vault_name`, `resource_id`,
   `resource_name`, `provider_id` and `enterprise_project_id` are exact string matches, all of
@@ -14,9 +15,12 @@ Our reading of cbr-api.md §1, with what the reference leaves open marked as inf
   both inclusive. Which timestamp CBR compares is UNVERIFIED; creation time is our reading.
 - A string filter or time given with an empty value counts as not given. (inference)
 - `limit` is an integer 1–1000 (default 1000) and `offset` an integer ≥ 0 (default 0), both
-  plain ASCII digits; anything else is a 400 `BackupService.9900`.
-- `count` is the total number of matches, not the length of the page (UNVERIFIED upstream);
-  `limit` and `offset` are echoed.
+  plain ASCII digits; anything else is a 400 `BackupService.9900`. (dialect `limit_cap`: any
+  positive `limit` is accepted, and a page holds at most the cap.)
+- `count` is the total number of matches, not the length of the page (UNVERIFIED upstream;
+  dialect `count`); `limit` and `offset` are echoed as asked.
+- A task whose vault the dialect shows as null (`null_vault_for`) matches no `vault_id` or
+  `vault_name` filter.
 - Order: newest first by creation time, ties by task ID ascending (the real order is
   UNVERIFIED; CBR has no sort parameter).
 - Every request sees the tasks as they are at its own instant, so a task that ends between two
@@ -35,12 +39,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from itertools import islice
 
+from watcher.sim.dialects import DEFAULT_DIALECT, Dialect
 from watcher.sim.tasks import FILTER_FIELDS, SimTask, status_at
 
 MAX_LIMIT = 1000
 ALL_GRANTED_EPS = "all_granted_eps"
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 LIST_FILTERS = ("status", *FILTER_FIELDS)
+VAULT_FILTERS = ("vault_id", "vault_name")
 _TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
 # 18 digits: any offset a client could mean, and never a slow or failing int() conversion.
 _INTEGER = re.compile(r"[0-9]{1,18}")
@@ -58,9 +64,11 @@ class ListQuery:
     end: float | None = None
     status: str | None = None
     fields: tuple[tuple[Getter, str], ...] = ()
+    by_vault: bool = False
+    """Whether `fields` filters on the vault (its ID or name)."""
 
 
-def parse_list_query(query: Mapping[str, str]) -> ListQuery:
+def parse_list_query(query: Mapping[str, str], dialect: Dialect = DEFAULT_DIALECT) -> ListQuery:
     """The query string's parameters (first value of each); ValueError with a CBR-style message
     naming the parameter when `limit`, `offset`, `start_time` or `end_time` is invalid."""
     fields = tuple(
@@ -69,13 +77,15 @@ def parse_list_query(query: Mapping[str, str]) -> ListQuery:
         if query.get(name)
         and not (name == "enterprise_project_id" and query[name] == ALL_GRANTED_EPS)
     )
+    highest = MAX_LIMIT if dialect.limit_cap is None else None
     return ListQuery(
-        limit=_integer(query.get("limit"), "limit", MAX_LIMIT, MAX_LIMIT, low=1),
+        limit=_integer(query.get("limit"), "limit", MAX_LIMIT, highest, low=1),
         offset=_integer(query.get("offset"), "offset", 0, None, low=0),
         start=_time(query.get("start_time"), "start_time"),
         end=_time(query.get("end_time"), "end_time"),
         status=query.get("status") or None,
         fields=fields,
+        by_vault=any(query.get(name) for name in VAULT_FILTERS),
     )
 
 
@@ -146,13 +156,20 @@ class NewestFirst:
         return islice(self._tasks, low, max(low, high))
 
 
-def select(tasks: NewestFirst, query: ListQuery, now: float) -> tuple[int, list[SimTask]]:
-    """The number of tasks matching `query` at `now`, and the page of them it asks for."""
-    first, stop = query.offset, query.offset + query.limit
+def select(
+    tasks: NewestFirst, query: ListQuery, now: float, dialect: Dialect = DEFAULT_DIALECT
+) -> tuple[int, list[SimTask]]:
+    """The `count` to report for `query` at `now` (every match, or the page's length when
+    the dialect says so), and the page of matching tasks it asks for."""
+    size = query.limit if dialect.limit_cap is None else min(query.limit, dialect.limit_cap)
+    first, stop = query.offset, query.offset + size
+    no_vault = dialect.null_vault_for if query.by_vault else frozenset()
     count = 0
     page: list[SimTask] = []
     for task in tasks.window(query.start, query.end):
         if now - task.created_wall < task.spec.visible_after:
+            continue
+        if no_vault and task.spec.operation_type in no_vault:
             continue
         if any(get(task) != wanted for get, wanted in query.fields):
             continue
@@ -161,4 +178,4 @@ def select(tasks: NewestFirst, query: ListQuery, now: float) -> tuple[int, list[
         if first <= count < stop:
             page.append(task)
         count += 1
-    return count, page
+    return (len(page) if dialect.count == "page" else count), page

@@ -1,4 +1,5 @@
-"""Scenario files: a seed, credentials, a fault profile, tasks and backup policies, in TOML.
+"""Scenario files: a seed, credentials, a fault profile, a dialect, tasks and backup policies,
+in TOML.
 
 ```toml
 seed = 7
@@ -17,6 +18,15 @@ security_token = ""                               # set: a temporary key
 error_rate = 0.05
 hostile_rate = 0.0                                # opt-in: hostile bodies and headers
 reused_reset_rate = 0.0                           # opt-in: drop requests on reused connections
+[dialect]                                         # optional: where the API reference is silent
+preset = "default"                                # start from a preset (see dialects.PRESETS)
+count = "total"                                   # ListOpLogs count: "total" | "page"
+limit_cap = 100                                   # at most this many entries per page
+timestamps = "task"                               # "task" | "Z" | "+00:00" | "zoneless"
+null_policy = false                               # "policy_id": null when a task has none
+null_vault_for = ["restore", "vault_delete"]      # vault_id/vault_name null for these types
+retry_after = "fault"                             # 429 Retry-After: "fault" | "never" | "always"
+list_forbidden = false                            # ListOpLogs answers 403 APIGW.0302
 [[tasks]]
 id = "backup-ecs-0001"                            # optional
 operation_type = "backup"
@@ -25,10 +35,23 @@ waiting = "10s"
 running = "4m"
 faults = ["http_503", "throttle:2"]
 enterprise_project_id = "0"                       # optional, "0" = the default project
+[[vaults]]                                        # optional: the inventory (ListVaults)
+id = "vault-web"                                  # optional (default: a seeded UUID)
+name = "vault-web"                                # optional (default: vault-0001, ...)
+resource_type = "OS::Nova::Server"                # the type of all its resources
+size = 1000                                       # GB; also enterprise_project_id
+resources = 3                                     # generated (ecs-v1-0001, ...), or a list:
+                                                  # [{id = "…", name = "ecs-web-1", size = 40}]
 [[policies]]                                      # optional: scheduled backups
 id = "policy-daily"                               # optional (default: a seeded UUID)
-resources = 50                                    # required: resources it backs up, 1-100000
-every = "24h"                                     # required: one task per resource per period
+pattern = ["FREQ=DAILY;BYHOUR=14;BYMINUTE=0"]     # CBR's schedule (RRULEs, UTC), or `every`
+vaults = ["vault-web"]                            # with pattern: the vaults (IDs or names)
+name = "daily"                                    #   it backs up; listed by ListPolicies
+enabled = true                                    # false: listed, never runs
+skip = [{resource = "ecs-v1-0002", run = 1}]      # make nothing for it at that run (or
+                                                  # at = "2026-01-02T14:00:00Z"): a missed backup
+resources = 50                                    # instead of pattern: resources it backs up
+every = "24h"                                     # (1-100000), one task each per period,
 first = "0s"                                      # first run this long after start
 spread = "10m"                                    # a run's starts spread over this (<= every)
 runs = 7                                          # optional: stop after this many runs
@@ -40,6 +63,10 @@ timeout_share = 0.0                               # ... timeout; the rest succee
 duration = "20m"                                  # median running time (default 10m) ...
 duration_sigma = 0.25                             # ... log-normal sigma (0 = exact)
 waiting = "10s"                                   # time waiting before running (fixed)
+[[backups]]                                       # optional: backups made before the start
+resource = "ecs-web-1"                            # a vault resource's ID or name
+age = "26h"                                       # made this long before the start
+status = "available"                              # or protecting, error
 ```
 
 A policy starts when the simulator is built and runs at start + first, + every, ... Each run
@@ -49,6 +76,12 @@ a fresh ID, `policy_id` set, and the resource's ID and name, which are the same 
 (names like `ecs-p1-0001`: prefix, policy position, resource number). Everything is drawn
 from the seed, so a scenario replays exactly. Policies can also be started at run time with
 `POST /_sim/policies` and are listed by `GET /_sim/policies`.
+
+A policy with a `pattern` instead runs at its RRULEs' times (see `watcher.sim.policies`) and
+backs up every resource of its vaults; it appears in ListPolicies, and its successful backup
+tasks as `available` backups in ListBackups. Vaults, backups and skips can be added at run time
+with `POST /_sim/vaults`, `POST /_sim/backups` and `POST /_sim/policies/{id}/skips`
+(`watcher.sim.inventory`).
 
 Scripted `faults` are consumed one per ShowOpLog request of the task: `http_500`, `http_502`,
 `http_503`, `http_504`, `throttle`, `throttle:N`, `malformed`, `malformed:shape`, `hang`,
@@ -60,16 +93,21 @@ defences, each against one request: `reset:reused` (dropped on a reused keep-ali
 `surrogate:status` (lone UTF-16 surrogates in text fields) and
 `throttle_odd:minus0000|superscript|huge|garbage|rfc850|asctime` (429 with an odd
 `Retry-After`). See `watcher.sim.faults.Fault` for exactly what each sends.
+
+`[dialect]` picks an answer to each question the official API reference leaves open; every
+key is optional, and without the table the simulator speaks `Dialect()`. See
+`watcher.sim.dialects` for what each key changes on the wire. `PUT /_sim/dialect` changes it
+at run time.
 """
 
 from __future__ import annotations
 
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from watcher.cbr.ids import TASK_ID_PATTERN
 from watcher.clock import Clock
@@ -81,11 +119,15 @@ from watcher.sim.auth import (
     token_lifetime_from,
     users_from,
 )
+from watcher.sim.dialects import DEFAULT_DIALECT, Dialect, dialect_from_mapping
 from watcher.sim.faults import FaultProfile
+from watcher.sim.inventory import BackupSpec, VaultSpec, backup_from_mapping, vault_from_mapping
 from watcher.sim.policies import PolicySpec
 from watcher.sim.simulator import DEFAULT_PROJECT_ID, DEFAULT_TOKENS, Simulator
 from watcher.sim.specs import policy_from_mapping, profile_from_mapping, spec_from_mapping
 from watcher.sim.tasks import SimTaskSpec
+
+T = TypeVar("T")
 
 SCENARIO_KEYS = frozenset(
     {
@@ -98,6 +140,9 @@ SCENARIO_KEYS = frozenset(
         "users",
         "access_keys",
         "token_lifetime",
+        "dialect",
+        "vaults",
+        "backups",
     }
 )
 
@@ -112,13 +157,16 @@ class Scenario:
     faults: FaultProfile | None = None
     tasks: list[SimTaskSpec] = field(default_factory=list)
     policies: list[PolicySpec] = field(default_factory=list)
+    vaults: list[VaultSpec] = field(default_factory=list)
+    backups: list[BackupSpec] = field(default_factory=list)
     users: list[User] = field(default_factory=list)
     access_keys: list[AccessKey] = field(default_factory=list)
     token_lifetime: float = DEFAULT_TOKEN_LIFETIME
+    dialect: Dialect = DEFAULT_DIALECT
 
     def build(self, clock: Clock) -> Simulator:
-        """A Simulator on `clock` holding this scenario's tasks, all created now, and its
-        policies, started now."""
+        """A Simulator on `clock` holding this scenario's tasks, vaults and backups, all made
+        now, and its policies, started now."""
         sim = Simulator(
             clock,
             project_id=self.project_id,
@@ -128,9 +176,12 @@ class Scenario:
             users=self.users,
             access_keys=self.access_keys,
             token_lifetime=self.token_lifetime,
+            dialect=self.dialect,
         )
         sim.add_tasks(self.tasks)
+        sim.inventory.add_vaults(self.vaults)
         sim.add_policies(self.policies)
+        sim.inventory.add_backups(self.backups)
         return sim
 
 
@@ -153,6 +204,8 @@ def parse_scenario(data: Mapping[str, Any]) -> Scenario:
     _parse_credentials(data, scenario)
     if "faults" in data:
         scenario.faults = profile_from_mapping(data["faults"], "faults")
+    if "dialect" in data:
+        scenario.dialect = dialect_from_mapping(data["dialect"], "dialect")
     tasks = data.get("tasks", [])
     if not isinstance(tasks, list):
         raise ValueError("tasks: expected an array of tables ([[tasks]])")
@@ -162,8 +215,46 @@ def parse_scenario(data: Mapping[str, Any]) -> Scenario:
         if spec.id is not None and spec.id in seen:
             raise ValueError(f"tasks[{n}].id: duplicate task ID {spec.id!r}")
         seen.add(spec.id or "")
+    scenario.vaults = _parse_tables(data, "vaults", vault_from_mapping)
     scenario.policies = _parse_policies(data.get("policies", []))
+    scenario.backups = _parse_tables(data, "backups", backup_from_mapping)
+    _check_references(scenario)
     return scenario
+
+
+def _parse_tables(data: Mapping[str, Any], key: str, parse: Callable[[object, str], T]) -> list[T]:
+    """An array of tables (`[[vaults]]`, `[[backups]]`), each parsed by `parse`."""
+    tables = data.get(key, [])
+    if not isinstance(tables, list):
+        raise ValueError(f"{key}: expected an array of tables ([[{key}]])")
+    return [parse(item, f"{key}[{n}]") for n, item in enumerate(tables)]
+
+
+def _check_references(scenario: Scenario) -> None:
+    """Every vault and resource a policy, skip or backup names is one the scenario makes."""
+    vaults: dict[str, set[str]] = {}
+    for position, vault in enumerate(scenario.vaults):
+        names = {
+            *(item.id for item in vault.resources if item.id is not None),
+            *(vault.resource_name(position, index) for index in range(len(vault.resources))),
+        }
+        for ref in (vault.id, vault.vault_name(position)):
+            if ref is not None:
+                vaults.setdefault(ref, set()).update(names)
+    resources = set().union(*vaults.values())
+    for n, policy in enumerate(scenario.policies):
+        for ref in policy.vaults:
+            if ref not in vaults:
+                raise ValueError(f"policies[{n}].vaults: no vault {ref!r} in this scenario")
+        members = set().union(*(vaults[ref] for ref in policy.vaults))
+        for skip in policy.skip if policy.pattern else ():
+            if skip.resource not in members:
+                raise ValueError(
+                    f"policies[{n}].skip: no resource {skip.resource!r} in the policy's vaults"
+                )
+    for n, backup in enumerate(scenario.backups):
+        if backup.resource not in resources:
+            raise ValueError(f"backups[{n}].resource: no resource {backup.resource!r} in a vault")
 
 
 def _parse_policies(policies: object) -> list[PolicySpec]:

@@ -13,7 +13,7 @@ from typing import Any
 from watcher.cbr.ids import validate_task_id
 from watcher.config.durations import parse_duration
 from watcher.sim.faults import FaultProfile, parse_fault
-from watcher.sim.policies import PolicySpec
+from watcher.sim.policies import PolicySpec, parse_pattern, parse_skips, parse_vault_refs
 from watcher.sim.tasks import Phase, SimTaskSpec
 
 _DURATION_KEYS = frozenset({"waiting", "running", "visible_after"})
@@ -92,6 +92,12 @@ def _faults(value: object) -> list[str]:
     return list(value)
 
 
+def _boolean(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError("expected true or false")
+    return value
+
+
 def _string_table(value: object) -> dict[str, str]:
     if not isinstance(value, Mapping) or not all(
         isinstance(key, str) and isinstance(item, str) for key, item in value.items()
@@ -162,6 +168,17 @@ def profile_from_mapping(data: object, where: str = "faults") -> FaultProfile:
         raise ValueError(f"{where}: {error}") from None
 
 
+_POLICY_SCHEDULE: dict[str, Callable[[object], object]] = {
+    "pattern": parse_pattern,
+    "vaults": parse_vault_refs,
+    "skip": parse_skips,
+    "enabled": _boolean,
+}
+_POLICY_NULLABLE = frozenset(
+    {"id", "name", "runs", "vault_id", "vault_name", "provider_id", "style"}
+)
+
+
 def _policy_converter(key: str) -> Callable[[object], object]:
     if key in _POLICY_DURATIONS:
         return parse_duration
@@ -171,12 +188,12 @@ def _policy_converter(key: str) -> Callable[[object], object]:
         return _integer
     if key == "id":
         return validate_task_id
-    return _text
+    return _POLICY_SCHEDULE.get(key, _text)
 
 
 def policy_from_mapping(data: object, where: str = "policy") -> PolicySpec:
-    """A PolicySpec from a table; `resources` and `every` are required, durations may be
-    numbers or strings like "10m" or "24h"."""
+    """A PolicySpec from a table; `resources` and `every` are required unless `pattern` is
+    given, durations may be numbers or strings like "10m" or "24h"."""
     if not isinstance(data, Mapping):
         raise ValueError(f"{where}: expected a table of policy settings")
     values: dict[str, Any] = {}
@@ -184,13 +201,13 @@ def policy_from_mapping(data: object, where: str = "policy") -> PolicySpec:
         if key not in POLICY_KEYS:
             known = ", ".join(sorted(POLICY_KEYS))
             raise ValueError(f"{where}.{key}: unknown key (known: {known})")
-        if raw is None and key in {"id", "runs", "vault_id", "vault_name", "provider_id", "style"}:
+        if raw is None and key in _POLICY_NULLABLE:
             continue
         try:
             values[key] = _policy_converter(key)(raw)
         except ValueError as error:
             raise ValueError(f"{where}.{key}: {error}") from None
-    for required in ("resources", "every"):
+    for required in () if "pattern" in values else ("resources", "every"):
         if required not in values:
             raise ValueError(f"{where}.{required}: required")
     try:

@@ -1,4 +1,4 @@
-"""Discovery (SPEC §9): find the tasks nobody named — backups started by policies — and watch them.
+"""Discovery (see docs/polling.md): watch the tasks nobody named, such as backups policies start.
 
 Each `[[watch.discover]]` block is one ListOpLogs filter (one query per operation type it
 names: CBR takes one type per request). Every `discover_interval` each query lists the tasks
@@ -34,6 +34,8 @@ from watcher.engine.engine import Engine
 
 log = structlog.get_logger("watcher.discovery")
 
+REFUSED_PAUSE = 3600.0
+"""After a refused listing (403) discovery tries again this much later."""
 CURSOR_KEY = "discovery.cursors"
 CURSOR_OVERLAP = 600.0
 """Each look re-lists this many seconds before the cursor (late-visible tasks)."""
@@ -114,6 +116,7 @@ class Discovery:
         self._cursors: dict[str, float] | None = None
         self._first_look = True
         self._failing = False
+        self._refused_until = -math.inf
         self.looks = 0
         self.discovered = 0
 
@@ -134,11 +137,16 @@ class Discovery:
         """One round over every query; new tasks are watched before it returns."""
         cursors = await self._load_cursors()
         result = LookResult()
+        if self._clock.monotonic() < self._refused_until:
+            return result
         for query in self.queries:
             try:
                 await self._look_for(query, cursors, result)
             except CbrError as error:
                 result.failed += 1
+                if error.http_status == 403:
+                    self._refused(error)
+                    break
                 if isinstance(error, ThrottledError) and error.retry_after is not None:
                     # The quota is shared by every request: nobody calls before it resets.
                     self._engine.budget.pause_until(self._clock.monotonic() + error.retry_after)
@@ -167,6 +175,21 @@ class Discovery:
             )
         return result
 
+    def _refused(self, error: CbrError) -> None:
+        """403: the credentials may not list. Said once, counted, tried again hourly."""
+        self._engine.stats.list_refused["discovery"] += 1
+        self._refused_until = self._clock.monotonic() + REFUSED_PAUSE
+        if not self._failing:
+            log.warning(
+                "discovery.list_refused",
+                error_code=error.error_code,
+                detail=(
+                    "the credentials may not list operation logs (ListOpLogs 403): discovery "
+                    f"finds no new task; tried again every {REFUSED_PAUSE / 60:g} minutes"
+                ),
+            )
+        self._failing = True
+
     async def _look_for(self, query: Query, cursors: dict[str, float], result: LookResult) -> None:
         now = self._clock.wall()
         cursor = cursors.get(query.key)
@@ -182,6 +205,9 @@ class Discovery:
                 )
             result.pages += found.pages
             result.listed += len(found.found)
+            if found.malformed:
+                self._engine.stats.list_malformed["discovery"] += found.malformed
+                log.warning("discovery.entries_unreadable", entries=found.malformed)
             for operation_log in found.found.values():
                 created = _created(operation_log)
                 if "start_time" in listing.query and created is not None:

@@ -60,7 +60,7 @@ MIGRATIONS: Final[Mapping[int, Sequence[str]]] = {
         )""",
     ),
     2: (
-        # Per-resource freshness (SPEC §7), kept from every task that ends with a CBR status.
+        # Per-resource freshness, kept from every task that ends with a CBR status.
         """CREATE TABLE resource_status (
             resource_id TEXT NOT NULL,
             operation_type TEXT NOT NULL,

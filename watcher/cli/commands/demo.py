@@ -3,7 +3,7 @@
 Ten simulated CBR tasks (backups, a restore, a replication, a sync, deletions) with every
 terminal status, a task that is not visible at first, a mistyped ID, and injected 5xx, 429 and
 malformed answers; plus a backup policy that starts backups of two servers nobody names, which
-discovery (SPEC §9) finds through ListOpLogs. The demo prints each event as the engine emits it
+discovery finds through ListOpLogs. The demo prints each event as the engine emits it
 and ends with a summary.
 """
 

@@ -1,7 +1,7 @@
-"""`cbr-watcher wait ID...` (SPEC §10): watch tasks in the foreground until they end.
+"""`cbr-watcher wait ID...` (see docs/wait.md): watch tasks in the foreground until they end.
 
 The same engine, client and credentials as `run`, with no state file, no listener and no
-webhooks. Exit codes (SPEC §3): 0 every task `success`; 3 any other end (also not found and
+webhooks. Exit codes: 0 every task `success`; 3 any other end (also not found and
 expired); 124 `--timeout` ran out; 1 credentials rejected again right after a reload; 130
 Ctrl-C (143 SIGTERM), after a clean stop.
 """
@@ -217,7 +217,7 @@ async def wait_for_tasks(
     clock: Clock | None = None,
     install_signal_handlers: bool = True,
 ) -> int:
-    """Watch `task_ids` in the foreground until each ended (SPEC §10); returns the exit code.
+    """Watch `task_ids` in the foreground until each ended; returns the exit code.
 
     `give_up_after` is `--timeout` in seconds (None: wait as long as `watch.deadline`);
     `out` defaults to stdout and `err` to stderr; `tty` forces (or rules out) the live bars.

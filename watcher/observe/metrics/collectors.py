@@ -6,24 +6,8 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Protocol
 
 from prometheus_client.metrics_core import CounterMetricFamily, Metric
-from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
 from watcher.engine.engine import EngineStats
-
-
-class ExpositionCollector:
-    """An exposition the daemon writes itself, read back into metric families by
-    prometheus_client's OpenMetrics parser, for prometheus_client's encoders."""
-
-    def __init__(self, render: Callable[[], bytes]) -> None:
-        self._render = render
-
-    def collect(self) -> Iterable[Metric]:
-        """The families of an exposition rendered now."""
-        families: Iterable[Metric] = text_string_to_metric_families(  # type: ignore[no-untyped-call]
-            self._render().decode()
-        )
-        return families
 
 
 class StatsSource(Protocol):

@@ -10,11 +10,11 @@ from prometheus_client.exposition import choose_encoder
 from watcher import __version__
 from watcher.clock import Clock
 from watcher.coverage.freshness import ResourceStatus, from_event
-from watcher.engine.engine import INTERNAL_COMPONENTS
 from watcher.engine.events import TaskEvent
 from watcher.engine.schedule import Reason
+from watcher.engine.stats import INTERNAL_COMPONENTS, LIST_COMPONENTS
 from watcher.observe.metrics.accounting import account_finished
-from watcher.observe.metrics.collectors import EngineCounter, ExpositionCollector
+from watcher.observe.metrics.collectors import EngineCounter
 from watcher.observe.metrics.constants import EOF, PREFIX, WEBHOOK_OUTCOMES, WEBHOOK_RESULTS
 from watcher.observe.metrics.instruments import Instruments
 from watcher.observe.metrics.resources import ResourceBook, ResourceRenderer
@@ -64,20 +64,40 @@ class Metrics(Instruments):
             EngineCounter(
                 self,
                 name=PREFIX + "polls",
-                documentation="Polls scheduled, by the reason for their delay (progress, "
+                documentation="Looks scheduled, by the reason for their delay (progress, "
                 "estimate, approach, near_end, overdue, stalled, changed, unchanged, error, "
-                "throttled, retry_after, auth_retry, not_found, deadline, first).",
+                "throttled, retry_after, auth_retry, not_found, deadline, first, sweep, "
+                "handed_back).",
                 label="reason",
                 keys=map(str, Reason),
                 read=lambda stats: stats.poll_reasons,
             )
         )
+        self._base.register(
+            EngineCounter(
+                self,
+                name=PREFIX + "list_refused",
+                documentation="ListOpLogs calls the cloud refused with 403 (the credentials may "
+                "not list), by who listed: refresh (tasks fall back to one ShowOpLog each) or "
+                "discovery (no new tasks are found). Retried hourly.",
+                label="component",
+                keys=LIST_COMPONENTS,
+                read=lambda stats: stats.list_refused,
+            )
+        )
+        self._base.register(
+            EngineCounter(
+                self,
+                name=PREFIX + "list_entries_unreadable",
+                documentation="ListOpLogs entries that could not be read, by who listed; each "
+                "spoils only its own entry (that task is confirmed with a ShowOpLog).",
+                label="component",
+                keys=LIST_COMPONENTS,
+                read=lambda stats: stats.list_malformed,
+            )
+        )
         self._task_renderer = TaskRenderer()
         self._resource_renderer = ResourceRenderer()
-        self.registry = CollectorRegistry()
-        """Every metric for prometheus_client's encoders: the exposition `render` writes, parsed
-        back (slow; the server uses `render`). Collect it on the event loop."""
-        self.registry.register(ExpositionCollector(lambda: self.render(OPENMETRICS)[0]))
 
     @property
     def retention(self) -> float:
