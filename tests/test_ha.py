@@ -48,8 +48,6 @@ ALERTS = ROOT / "deploy" / "prometheus" / "cbr-watcher-alerts.yml"
 ALERT_TESTS = ROOT / "deploy" / "prometheus" / "cbr-watcher-alerts.test.yml"
 PROMETHEUS_EXAMPLE = ROOT / "deploy" / "prometheus" / "prometheus-ha.example.yml"
 DOC = ROOT / "docs" / "high-availability.md"
-DOC_PAGES = {"index.md", "configuration.md", "metrics.md", "webhooks.md"}
-"""The other pages of the documentation this page may link to."""
 REPLICA_LABELS = {"instance", "pod"}
 """What tells two replicas of one job apart; every rule aggregates these away."""
 ABOUT_ONE_REPLICA = {"CbrWatcherReplicaDown"}
@@ -157,7 +155,8 @@ def slug(heading: str) -> str:
 
 def test_doc_links_stay_in_the_documentation_and_its_code_parses() -> None:
     """docs/high-availability.md links only to its own headings and to the documentation's
-    other pages; every repository file it names exists; its Python example parses."""
+    other pages (`bash .ci/docs` checks their anchors); every repository file it names
+    exists; its Python example parses."""
     text = DOC.read_text(encoding="utf-8")
     anchors = {slug(h) for h in re.findall(r"^#+ (.+)$", text, flags=re.MULTILINE)}
     links = re.findall(r"\]\(([^)\s]+)\)", text)
@@ -165,7 +164,8 @@ def test_doc_links_stay_in_the_documentation_and_its_code_parses() -> None:
     for link in links:
         page, _, anchor = link.partition("#")
         if page:
-            assert page in DOC_PAGES, link
+            assert "/" not in page, link
+            assert (DOC.parent / page).is_file(), link
         else:
             assert anchor in anchors, link
     for path in re.findall(r"`((?:deploy|systemd|watcher|tests)/[\w./-]+)`", text):
