@@ -52,6 +52,8 @@ ROOT = Path(__file__).resolve().parent.parent
 UNIT = ROOT / "systemd" / "cbr-watcher.service"
 EXAMPLE_CONFIG = ROOT / "systemd" / "cbr-watcher.toml"
 K8S = ROOT / "deploy" / "kubernetes"
+K8S_HA = ROOT / "deploy" / "kubernetes-ha"
+"""An overlay of K8S: the two-replica StatefulSet only (docs/high-availability.md)."""
 CONTAINERFILE = ROOT / "deploy" / "Containerfile"
 ALERTS = ROOT / "deploy" / "prometheus" / "cbr-watcher-alerts.yml"
 K8S_VERSION = "1.33.0"
@@ -242,6 +244,11 @@ def by_kind(kind: str) -> list[dict[str, Any]]:
     return [doc for doc in all_manifests() if doc["kind"] == kind]
 
 
+def workloads() -> list[dict[str, Any]]:
+    """Every Deployment and StatefulSet."""
+    return by_kind("Deployment") + by_kind("StatefulSet")
+
+
 def deployment(name: str) -> dict[str, Any]:
     """One Deployment by name."""
     (found,) = [doc for doc in by_kind("Deployment") if doc["metadata"]["name"] == name]
@@ -258,7 +265,7 @@ def pod_containers(pod: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
 def watcher_containers() -> list[tuple[dict[str, Any], str, dict[str, Any]]]:
     """(pod spec, group, container) for every cbr-watcher container in the manifests."""
     found = []
-    for doc in by_kind("Deployment"):
+    for doc in workloads():
         pod = doc["spec"]["template"]["spec"]
         for group, container in pod_containers(pod):
             if "/cbr-watcher:" in container["image"]:
@@ -316,9 +323,13 @@ def test_pods_meet_the_restricted_pod_security_standard() -> None:
     """Numeric non-root UID, runAsNonRoot, read-only root file system, no privilege
     escalation, every capability dropped, RuntimeDefault seccomp, allowed volume types, no
     service account token."""
-    deployments = by_kind("Deployment")
-    assert {doc["metadata"]["name"] for doc in deployments} == {"cbr-watcher", "backup-app"}
-    for doc in deployments:
+    found = workloads()
+    assert {doc["metadata"]["name"] for doc in found} == {
+        "cbr-watcher",
+        "backup-app",
+        "cbr-watcher-ha",
+    }
+    for doc in found:
         pod = doc["spec"]["template"]["spec"]
         assert pod["automountServiceAccountToken"] is False
         assert pod.get("hostNetwork", False) is False
@@ -425,15 +436,84 @@ def test_secret_and_configmap_make_a_runnable_configuration(tmp_path: Path) -> N
 
 
 def test_podmonitor_selects_every_watcher_pod_on_its_named_port() -> None:
-    """The PodMonitor's selector matches both pod templates and scrapes the named port."""
+    """The PodMonitor's selector matches every pod template and scrapes the named port."""
     (monitor,) = by_kind("PodMonitor")
     selector = monitor["spec"]["selector"]["matchLabels"]
     assert [endpoint["port"] for endpoint in monitor["spec"]["podMetricsEndpoints"]] == [
         METRICS_PORT
     ]
-    for doc in by_kind("Deployment"):
+    for doc in workloads():
         labels = doc["spec"]["template"]["metadata"]["labels"]
         assert selector.items() <= labels.items(), doc["metadata"]["name"]
+
+
+def matches(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    """Whether a matchLabels selector selects these labels."""
+    wanted: dict[str, str] = selector["matchLabels"]
+    return wanted.items() <= labels.items()
+
+
+def test_ha_statefulset_runs_two_replicas_each_with_its_own_state() -> None:
+    """ha-statefulset.yaml: two replicas started together and replaced one at a time, each
+    with its own ReadWriteOnce volume at the state directory, spread over nodes, kept one at
+    a time by a PodDisruptionBudget, governed by a headless Service; no other workload's
+    selector picks up its pods."""
+    (statefulset,) = by_kind("StatefulSet")
+    spec = statefulset["spec"]
+    assert spec["replicas"] == 2
+    assert spec["podManagementPolicy"] == "Parallel"
+    assert spec["updateStrategy"]["type"] == "RollingUpdate"
+    pod_labels = spec["template"]["metadata"]["labels"]
+    assert matches(spec["selector"], pod_labels)
+    (claim,) = spec["volumeClaimTemplates"]
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+    (container,) = spec["template"]["spec"]["containers"]
+    env = {variable["name"]: variable.get("value") for variable in container["env"]}
+    mounts = {mount["name"]: mount["mountPath"] for mount in container["volumeMounts"]}
+    assert mounts[claim["metadata"]["name"]] == env["STATE_DIRECTORY"]
+    assert claim["metadata"]["name"] not in {v["name"] for v in spec["template"]["spec"]["volumes"]}
+    spread = spec["template"]["spec"]["topologySpreadConstraints"]
+    by_host = next(c for c in spread if c["topologyKey"] == "kubernetes.io/hostname")
+    assert by_host["whenUnsatisfiable"] == "DoNotSchedule"
+    assert matches(by_host["labelSelector"], pod_labels)
+    (budget,) = by_kind("PodDisruptionBudget")
+    assert budget["spec"]["minAvailable"] == 1
+    assert matches(budget["spec"]["selector"], pod_labels)
+    (service,) = by_kind("Service")
+    assert service["metadata"]["name"] == spec["serviceName"]
+    assert service["spec"]["clusterIP"] == "None"
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    for other in by_kind("Deployment"):
+        assert not matches(other["spec"]["selector"], pod_labels), other["metadata"]["name"]
+
+
+def test_kustomize_renders_the_ha_overlay() -> None:
+    """`kubectl kustomize deploy/kubernetes-ha` renders the two replicas with the shared
+    configuration, scrape config and rules, and neither the one-replica Deployment (nor its
+    volume) nor the sidecar example; what it renders validates."""
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl is not installed")
+    result = subprocess.run(
+        [kubectl, "kustomize", str(K8S_HA)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    rendered = [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+    assert sorted((doc["kind"], doc["metadata"]["name"]) for doc in rendered) == sorted(
+        [
+            ("ConfigMap", "cbr-watcher-config"),
+            ("Secret", "cbr-watcher-credentials"),
+            ("StatefulSet", "cbr-watcher-ha"),
+            ("Service", "cbr-watcher-ha"),
+            ("PodDisruptionBudget", "cbr-watcher-ha"),
+            ("PodMonitor", "cbr-watcher"),
+            ("PrometheusRule", "cbr-watcher"),
+        ]
+    )
+    assert {kind for doc in rendered if (kind := validate(doc)) is not None} == CRD_KINDS
+    (statefulset,) = [doc for doc in rendered if doc["kind"] == "StatefulSet"]
+    (container,) = statefulset["spec"]["template"]["spec"]["containers"]
+    assert container["image"] == "registry.example.com/cbr-watcher:0.1.0"
 
 
 @pytest.fixture

@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
+import json
+from dataclasses import replace
 
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.test_webhooks import PROJECT, make_event
+from tests.test_webhooks import PROJECT, RAW_LOG, make_event
+from watcher.cbr.models import OperationLog
 from watcher.cli.wiring import build_outbox
 from watcher.config import Settings
 from watcher.delivery.outbox import Outbox, Route, receiver_wants
 from watcher.engine.events import EVENT_TYPES, TASK_PROGRESS, TaskEvent
 
 SUCCEEDED_BODY = (
-    b'{"type":"task.succeeded","timestamp":"2026-01-01T00:00:00.250Z","data":{"task_id":"task-1",'
+    b'{"type":"task.succeeded","timestamp":"2026-01-01T00:10:00.500Z","data":{"task_id":"task-1",'
     b'"status":"success","previous_status":"running","progress":100,"operation_type":"backup",'
     b'"project_id":"04f1829c788037ac2fb8c01eb2b04b95","vault_id":"v-1","vault_name":"vault-one",'
     b'"resource":{"id":"r-1","name":"web-01","type":"OS::Nova::Server"},'
@@ -27,15 +30,17 @@ SUCCEEDED_BODY = (
     b'"extra_info":{"resource":{"id":"r-1","name":"web-01","type":"OS::Nova::Server"},'
     b'"common":{"progress":100},"brand_new_section":{"x":1}},"unknown_top_level":true}}}'
 )
-"""The bytes the code before the outbox seam sent for `make_event(at=AT)`."""
+"""The bytes sent for `make_event(at=AT)`: those of the code before the outbox seam, except
+`timestamp`, which is CBR's `ended_at` since replicas must agree on it (issue 23)."""
 
 AT = 1767225600.25
 
-# (webhook-id, sha256 of the body) the code before the outbox seam produced.
+# (webhook-id, sha256 of the body) the code before the outbox seam produced; the bodies of
+# task.succeeded and task.started changed once since, when `timestamp` became CBR's time.
 GOLDEN = {
     "task.succeeded": (
         "evt_2c7c84d8eb15c302ceb52401abbe0b9f",
-        "d6ddcf1f34beb229c5e7a3337e8f148be0dc02e0441d6d79b14d2c0b5565655d",
+        "7273aa9260161907747fba25218e059902f97561a95acdef4f9f9cba14b71352",
     ),
     "task.progress": (
         "evt_1736397d24c25e178226c9a67a417cde",
@@ -43,7 +48,7 @@ GOLDEN = {
     ),
     "task.started": (
         "evt_b9c2e83210bf81c0b3ab69f055cd476c",
-        "a4f71aada3350f6f9285244002e5f12ec0f9ab89cf58638b8b1a678f93f7ce0c",
+        "47d74b555f11725271ac38640384cfb25eaee572ed7e2f7ac3581a02f16396a4",
     ),
     "watch.not_found": (
         "evt_a5cdc1ad16155e03df643752833418fb",
@@ -58,7 +63,7 @@ def everyone() -> Outbox:
 
 
 def test_bodies_and_ids_are_byte_identical_to_before() -> None:
-    """Receivers verify signatures over these exact bytes: the seam changed none of them."""
+    """Receivers verify signatures over these exact bytes: nothing changes them by accident."""
     (entry,) = everyone().entries(make_event(at=AT))
     assert entry.body == SUCCEEDED_BODY
     assert (entry.event_id, entry.receiver, entry.task_id) == (
@@ -107,6 +112,35 @@ def test_webhook_id_is_stable_from_task_and_type() -> None:
     assert webhook_id(make_event(event_type="task.failed", at=AT)) != first
     progress = [make_event(event_type=TASK_PROGRESS, at=AT, progress=p) for p in (10, 10, 20)]
     assert len({webhook_id(event) for event in progress}) == 2
+
+
+def test_started_and_terminal_bodies_do_not_depend_on_when_the_watcher_noticed() -> None:
+    """Two replicas notice one event at different moments: task.started and the terminal
+    events carry CBR's started_at / ended_at as `timestamp`, so their bytes are the same;
+    progress and watch.* events (no CBR time of their own) keep when the watcher noticed."""
+    outbox = everyone()
+
+    def body(event: TaskEvent) -> bytes:
+        return outbox.entries(event)[0].body
+
+    for event_type, when in (
+        ("task.started", "2026-01-01T00:00:00.000Z"),
+        ("task.succeeded", "2026-01-01T00:10:00.500Z"),
+        ("task.failed", "2026-01-01T00:10:00.500Z"),
+    ):
+        first, later = (make_event(event_type=event_type, at=AT + lag) for lag in (0.0, 7.5))
+        assert body(first) == body(later)
+        assert json.loads(body(first))["timestamp"] == when
+    progress = [make_event(event_type=TASK_PROGRESS, at=AT + lag, progress=42) for lag in (0, 7.5)]
+    assert [json.loads(body(event))["timestamp"] for event in progress] == [
+        "2026-01-01T00:00:00.250Z",
+        "2026-01-01T00:00:07.750Z",
+    ]
+    # No ended_at from CBR: the time the watcher saw the end is all there is.
+    raw = {**RAW_LOG}
+    del raw["ended_at"]
+    event = replace(make_event(at=AT), operation_log=OperationLog.from_raw(raw))
+    assert json.loads(body(event))["timestamp"] == "2026-01-01T00:00:00.250Z"
 
 
 def test_default_receivers_get_every_task_and_watch_event_but_progress() -> None:

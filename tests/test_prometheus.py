@@ -390,9 +390,10 @@ async def test_live_scrape_is_lint_clean_and_has_every_metric(
 
 
 class PrometheusServer:
-    """`prometheus` on 127.0.0.1 with a temporary config and data directory."""
+    """`prometheus` on 127.0.0.1 with a temporary config and data directory, scraping
+    `targets` as one job, "cbr-watcher"."""
 
-    def __init__(self, tmp_path: Path, target: str) -> None:
+    def __init__(self, tmp_path: Path, *targets: str) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.config = tmp_path / "prometheus.yml"
@@ -402,7 +403,7 @@ class PrometheusServer:
                     "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
                     "rule_files": [str(ALERTS)],
                     "scrape_configs": [
-                        {"job_name": "cbr-watcher", "static_configs": [{"targets": [target]}]}
+                        {"job_name": "cbr-watcher", "static_configs": [{"targets": list(targets)}]}
                     ],
                 }
             )

@@ -188,7 +188,7 @@ async def test_body_schema(setup: Setup) -> None:
     await deliver(setup, deliverer, lambda: len(setup.receiver.delivered) == 1)
     body = json.loads(setup.receiver.delivered[0].body)
     assert body["type"] == "task.succeeded"
-    assert body["timestamp"] == "2026-01-01T00:00:00.250Z"
+    assert body["timestamp"] == "2026-01-01T00:10:00.500Z"  # CBR's ended_at, not when seen
     data = body["data"]
     assert set(data) == {
         "task_id",

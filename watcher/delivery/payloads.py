@@ -9,7 +9,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 from watcher.cbr.models import OperationLog
-from watcher.engine.events import TASK_PROGRESS, TEST_PING, WATCH_NOT_FOUND, TaskEvent
+from watcher.engine.events import (
+    TASK_PROGRESS,
+    TASK_STARTED,
+    TERMINAL_EVENT_FOR_STATUS,
+    TEST_PING,
+    WATCH_NOT_FOUND,
+    TaskEvent,
+)
 from watcher.safetext import json_bytes
 
 
@@ -32,6 +39,23 @@ def event_id(event: TaskEvent) -> str:
     if event.type == TASK_PROGRESS:
         key += f"\n{event.progress}"
     return "evt_" + hashlib.sha256(key.encode()).hexdigest()[:32]
+
+
+_TERMINAL_EVENTS = frozenset(TERMINAL_EVENT_FOR_STATUS.values())
+
+
+def event_time(event: TaskEvent) -> float | datetime:
+    """The body's `timestamp`: when it happened by CBR's clock (`started_at` for task.started,
+    `ended_at` for a terminal event), so replicas that noticed it at different moments write the
+    same bytes under one `webhook-id`; when the watcher noticed it for progress and watch.*
+    events, and whenever CBR gave no such time."""
+    log = event.operation_log
+    if log is not None:
+        if event.type == TASK_STARTED and log.started_at is not None:
+            return log.started_at
+        if event.type in _TERMINAL_EVENTS and log.ended_at is not None:
+            return log.ended_at
+    return event.occurred_at
 
 
 def event_data(event: TaskEvent, *, project_id: str) -> dict[str, Any]:
@@ -76,7 +100,7 @@ def event_body(event: TaskEvent, *, project_id: str) -> bytes:
     return _encode(
         {
             "type": event.type,
-            "timestamp": rfc3339(event.occurred_at),
+            "timestamp": rfc3339(event_time(event)),
             "data": event_data(event, project_id=project_id),
         }
     )

@@ -1,4 +1,11 @@
-"""The demo's local webhook receiver: checks every signature and remembers what arrived."""
+"""The demo's local webhook receiver: checks every signature, deduplicates by `webhook-id` and
+remembers what arrived.
+
+What every receiver should do: delivery is at least once (a retry after a lost answer, a
+restart, or a second replica sending the same event), and `webhook-id` is the same for every
+copy of one event. So: verify, then act on an ID only the first time, and answer 2xx to a
+duplicate too, so that its sender stops retrying it.
+"""
 
 from __future__ import annotations
 
@@ -24,6 +31,9 @@ class ReceivedWebhook:
     task_id: str | None
     verified: bool
     problem: str
+    duplicate: bool = False
+    """A verified copy of an event already received: a retry, or another replica's copy."""
+    body: bytes = b""
 
 
 class DemoReceiver:
@@ -34,6 +44,11 @@ class DemoReceiver:
         self._keys = parse_whsec(self.secret)
         self._clock = clock
         self.received: list[ReceivedWebhook] = []
+        """Every POST, duplicates and bad signatures included."""
+        self.first: dict[str, bytes] = {}
+        """The body of the first verified copy of each event, by `webhook-id`."""
+        self.duplicates = 0
+        """Verified copies of events already received (acknowledged, not acted on again)."""
         self.url = ""
         self._listener: HttpListener | None = None
 
@@ -58,8 +73,15 @@ class DemoReceiver:
             task_id = payload.get("data", {}).get("task_id")
         except (ValueError, AttributeError):
             event_type, task_id = "?", None
+        webhook_id = headers.get("webhook-id", "")
+        # Only a verified ID counts: an unsigned request must not be able to mask a real event.
+        duplicate = verified and webhook_id in self.first
+        if duplicate:
+            self.duplicates += 1
+        elif verified:
+            self.first[webhook_id] = body
         self.received.append(
-            ReceivedWebhook(headers.get("webhook-id", ""), event_type, task_id, verified, problem)
+            ReceivedWebhook(webhook_id, event_type, task_id, verified, problem, duplicate, body)
         )
         return web.Response(status=204 if verified else 401)
 

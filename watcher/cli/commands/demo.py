@@ -216,7 +216,11 @@ def _print_summary(report: DemoReport, sim: Simulator, engine: Engine) -> None:
         out.write(
             f"  Webhooks: the local receiver at {report.receiver.url} got {len(events)} "
             f"events, {len(good)} with a valid Standard Webhooks signature (HMAC-SHA256)"
-            + (f", {len(received) - len(events)} re-sent" if len(received) > len(events) else "")
+            + (
+                f", {report.receiver.duplicates} duplicate(s) dropped by webhook-id"
+                if report.receiver.duplicates
+                else ""
+            )
             + ".\n"
         )
     out.write(
