@@ -19,6 +19,7 @@ import structlog
 from tests.daemon_process import DaemonProcess
 from tests.support import TestReceiver, World, make_engine
 from tests.test_crash import env_for
+from tests.test_prometheus import eventually
 from tests.test_server import assert_port_released
 from watcher.clock import RealClock
 from watcher.delivery.recorder import StateRecorder
@@ -302,6 +303,37 @@ async def test_an_identity_content_encoding_is_accepted(api: tuple[str, Store, W
             )
             assert response.status == 201
             assert (await response.json())["labels"] == {"team": "db"}
+
+
+async def test_a_client_gone_mid_body_is_one_debug_line(
+    api: tuple[str, Store, World], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A PUT whose client hangs up before its body is complete creates nothing and leaves one
+    debug line: no error, no traceback (aiohttp reports it with one on the stdlib logger)."""
+    url, store, world = api
+    caplog.set_level(logging.DEBUG)
+    host, port = url.removeprefix("http://").split(":")
+    with structlog.testing.capture_logs() as logs:
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(
+            f"PUT /v1/tasks/t-1 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {API_TOKEN}\r\n"
+            "Content-Length: 1000\r\nExpect: 100-continue\r\n\r\n".encode()
+        )
+        # "100 Continue" comes from the request's own handling: it has started, and its body
+        # read is what the hang-up interrupts.
+        assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 100")
+        writer.write(b'{"labels": {')
+        await writer.drain()
+        writer.transport.abort()
+
+        async def reported() -> bool:
+            return any(entry["event"] == "task_api.client_gone" for entry in logs)
+
+        await eventually(reported, "the hang-up's log line")
+    assert [(e["event"], e["log_level"]) for e in logs] == [("task_api.client_gone", "debug")]
+    assert [r for r in caplog.records if r.exc_info or r.levelno >= logging.WARNING] == []
+    assert await store.load_tasks() == []
+    assert world.engine.tasks == {}  # type: ignore[attr-defined]
 
 
 async def test_an_unexpected_error_is_a_json_500_and_one_log_line(
