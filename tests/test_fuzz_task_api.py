@@ -1,9 +1,12 @@
-"""Fuzzing the task API on a real socket: client garbage is never a 5xx, errors are always JSON.
+"""Fuzzing the task API on a real socket: client garbage is never a 5xx nor a traceback, and
+every error the API's own handlers answer is JSON.
 
-The API runs in its own thread and event loop (the real `TaskApiRunner` on 127.0.0.1, port
+The API runs in its own thread and event loop (the real `task_api_runner` on 127.0.0.1, port
 0) for the whole module, so hypothesis drives it with plain blocking clients: `http.client`
 for well-framed requests with arbitrary bodies, IDs, content types and encodings, and a raw
-socket for byte soup the HTTP parser has to refuse.
+socket for byte soup the HTTP parser has to refuse. What aiohttp's parser refuses never reaches
+the application and gets aiohttp's own plain-text 4xx; a test-only outermost middleware marks
+every answer that went through the application, so each answer is judged by who gave it.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import random
 import socket
 import threading
 import zlib
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
@@ -28,11 +31,12 @@ import structlog
 from aiohttp import web
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
+from multidict import CIMultiDict
 
 from watcher.cbr.models import OperationLog, OpLogPage
 from watcher.engine.engine import Engine
 from watcher.engine.schedule import Policy
-from watcher.sources.task_api.handlers import TaskApiRunner, make_task_api
+from watcher.sources.task_api.handlers import make_task_api, task_api_runner
 from watcher.state.sqlite import Store
 from watcher.testing import FakeClock
 
@@ -69,7 +73,7 @@ class NoCloud:
 
 
 class Collect(logging.Handler):
-    """Keeps every stdlib log record (aiohttp's and asyncio's own error reports)."""
+    """Keeps every stdlib log record that reaches the root logger (aiohttp's, asyncio's)."""
 
     def __init__(self) -> None:
         super().__init__(logging.DEBUG)
@@ -110,7 +114,9 @@ def served() -> Iterator[ServedApi]:
             policy=Policy(interval_min=5, interval_max=60, deadline=3600, not_found_grace=120),
             rng=random.Random(3),
         )
-        runner = TaskApiRunner(make_task_api(engine, api_token=API_TOKEN), access_log=None)
+        app = make_task_api(engine, api_token=API_TOKEN)
+        app.middlewares.insert(0, mark_application_answers)
+        runner = task_api_runner(app, access_log=None)
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", 0).start()
         return runner, store, engine
@@ -120,9 +126,8 @@ def served() -> Iterator[ServedApi]:
         await store.close()
 
     records = Collect()
-    watched = [logging.getLogger(name) for name in ("aiohttp", "asyncio")]
-    for logger in watched:
-        logger.addHandler(records)
+    root = logging.getLogger()
+    root.addHandler(records)
     runner, store, engine = asyncio.run_coroutine_threadsafe(start(), loop).result(TIMEOUT)
     try:
         host, port = runner.addresses[0][:2]
@@ -132,8 +137,7 @@ def served() -> Iterator[ServedApi]:
         loop.call_soon_threadsafe(loop.stop)
         thread.join(TIMEOUT)
         loop.close()
-        for logger in watched:
-            logger.removeHandler(records)
+        root.removeHandler(records)
 
 
 @pytest.fixture
@@ -142,19 +146,40 @@ def api(served: ServedApi) -> Iterator[ServedApi]:
     with structlog.testing.capture_logs() as logs:
         yield served
     served.structured.extend(logs)
-    internal = [entry for entry in logs if entry["event"] == "task_api.internal_error"]
-    assert internal == [], internal
+    problems = [entry for entry in logs if entry["log_level"] in ("warning", "error")]
+    assert problems == [], problems
     tracebacks = [r.getMessage() for r in served.records.records if r.exc_info]
     assert tracebacks == []
     errors = [r.getMessage() for r in served.records.records if r.levelno >= logging.ERROR]
     assert errors == []
 
 
-def check_answer(status: int, content_type: str, payload: bytes, *, head: bool = False) -> Any:
-    """The contract: never a 5xx for client garbage; every error is a JSON error object."""
+APPLICATION_MARK = "X-Fuzz-Application"
+
+
+@web.middleware
+async def mark_application_answers(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Test-only, outermost: marks every answer that went through the application."""
+    response = await handler(request)
+    response.headers[APPLICATION_MARK] = "1"
+    return response
+
+
+def check_answer(
+    status: int, headers: Mapping[str, str], payload: bytes, *, head: bool = False
+) -> Any:
+    """The contract: never a 5xx for client garbage, never a traceback; every answer of the
+    application is JSON (an error object for a 4xx), and what aiohttp answers itself is a 4xx."""
     assert status < 500, (status, payload[:300])
+    assert b"Traceback" not in payload
+    if APPLICATION_MARK not in headers:
+        assert 400 <= status < 500, (status, payload[:300])
+        return None
     if head or status in (204, 304):
         return None
+    content_type = headers.get("Content-Type", "")
     assert content_type.split(";")[0].strip() == "application/json", (status, content_type)
     body = json.loads(payload)
     if status >= 400:
@@ -170,8 +195,8 @@ def send(
     path: str,
     body: bytes | None = None,
     headers: dict[str, str] | None = None,
-) -> tuple[int, str, bytes]:
-    """One request over a fresh connection; (status, content type, body)."""
+) -> tuple[int, CIMultiDict[str], bytes]:
+    """One request over a fresh connection; (status, headers, body)."""
     connection = api.connection()
     try:
         connection.putrequest(method, path, skip_accept_encoding=True)
@@ -181,7 +206,7 @@ def send(
             connection.putheader("Content-Length", str(len(body)))
         connection.endheaders(body)
         response = connection.getresponse()
-        return response.status, response.getheader("Content-Type", ""), response.read()
+        return response.status, CIMultiDict(response.getheaders()), response.read()
     finally:
         connection.close()
 
@@ -289,18 +314,22 @@ def test_fuzz_bodies(
     api: ServedApi, task_id: str, body: tuple[bytes, str | None], content_type: str | None
 ) -> None:
     """PUT with arbitrary bodies, content types and encodings: a 2xx task or a 4xx JSON error;
-    labels that get through are short strings UTF-8 can carry."""
+    any Content-Encoding but identity is a 415; labels that get through are short strings
+    UTF-8 can carry."""
     raw, encoding = body
     headers = {}
     if content_type is not None:
         headers["Content-Type"] = content_type
     if encoding is not None:
         headers["Content-Encoding"] = encoding
-    status, ctype, payload = send(api, "PUT", f"/v1/tasks/{task_id}", raw, headers)
+    status, answer_headers, payload = send(api, "PUT", f"/v1/tasks/{task_id}", raw, headers)
     event(f"HTTP {status}")
-    answer = check_answer(status, ctype, payload)
+    answer = check_answer(status, answer_headers, payload)
     if status >= 400:
         event(f"code {answer['error']['code']}")
+    codings = (encoding or "").split(",")
+    if any(coding.strip() not in ("", "identity") for coding in codings):
+        assert (status, answer["error"]["code"]) == (415, "unsupported_encoding")
     if status < 300:
         assert status in (200, 201)
         for key, value in answer["labels"].items():
@@ -315,13 +344,14 @@ def test_fuzz_bodies(
 def test_fuzz_paths_and_methods(
     api: ServedApi, method: str, segment: str, query: str | None
 ) -> None:
-    """Any method on any (percent-encoded) task path: never a 5xx, always a JSON error."""
+    """Any method on any (percent-encoded) task path: never a 5xx; a JSON error whenever the
+    application answers, a 4xx when aiohttp's parser refuses the request line."""
     path = "/v1/tasks/" + segment
     if query is not None:
         path += "?" + quote(query.encode("utf-8", "surrogatepass"), safe="=&")
-    status, ctype, payload = send(api, method, path)
-    event(f"HTTP {status}")
-    check_answer(status, ctype, payload, head=method == "HEAD")
+    status, headers, payload = send(api, method, path)
+    event(f"HTTP {status}" + ("" if APPLICATION_MARK in headers else " (aiohttp's own)"))
+    check_answer(status, headers, payload, head=method == "HEAD")
 
 
 FRAMING = [b"Content-Length", b"Transfer-Encoding"]
@@ -410,8 +440,10 @@ def _raw_exchange(api: ServedApi, request: RawRequest) -> bytes:
 @given(request=raw_requests())
 def test_fuzz_raw_requests(api: ServedApi, request: RawRequest) -> None:
     """Byte soup on the socket: no answer at all (the request never completed), or one whose
-    status is not 5xx and whose error body is JSON."""
+    status is not 5xx, without a traceback, and JSON when the application gave it."""
     answer = _raw_exchange(api, request)
+    while answer.startswith(b"HTTP/1.1 100 "):
+        answer = answer.partition(b"\r\n\r\n")[2]  # "Expect: 100-continue" was honoured
     if not answer:
         event("no answer (framed)" if request.framed else "no answer (unframed)")
         assert not request.framed, "a complete request got no answer at all"
@@ -419,19 +451,22 @@ def test_fuzz_raw_requests(api: ServedApi, request: RawRequest) -> None:
     head, _, payload = answer.partition(b"\r\n\r\n")
     status_line, *header_lines = head.split(b"\r\n")
     status = int(status_line.split()[1])
-    event(f"HTTP {status}")
-    headers = dict(line.split(b": ", 1) for line in header_lines if b": " in line)
-    ctype = headers.get(b"Content-Type", b"").decode()
-    if headers.get(b"Transfer-Encoding") == b"chunked":
+    headers: CIMultiDict[str] = CIMultiDict()
+    for line in header_lines:
+        name, colon, value = line.decode("latin-1").partition(": ")
+        if colon:
+            headers.add(name, value)
+    event(f"HTTP {status}" + ("" if APPLICATION_MARK in headers else " (aiohttp's own)"))
+    if headers.get("Transfer-Encoding") == "chunked":
         event("a chunked answer (not judged)")
         return  # a task listing (GET /v1/tasks); only errors are judged here
-    length = int(headers.get(b"Content-Length", b"0"))
-    check_answer(status, ctype, payload[:length], head=request.data.upper().startswith(b"HEAD"))
+    length = int(headers.get("Content-Length", "0"))
+    check_answer(status, headers, payload[:length], head=request.data.upper().startswith(b"HEAD"))
 
 
 def test_fuzzing_left_the_api_working(served: ServedApi) -> None:
     """After all that, the API still answers and its table only holds valid tasks."""
-    status, ctype, payload = send(served, "GET", "/v1/tasks")
-    body = check_answer(status, ctype, payload)
+    status, headers, payload = send(served, "GET", "/v1/tasks")
+    body = check_answer(status, headers, payload)
     assert status == 200
     assert all(task["watching"] for task in body["tasks"])

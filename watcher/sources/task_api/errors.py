@@ -1,22 +1,25 @@
 """The task API's error answers: `{"error": {"code": ..., "message": ...}}`, whoever refuses.
 
 A handler answers with `error_response`; `json_errors` (the outermost middleware) turns every
-HTTPException aiohttp raises (unknown route or method, body too large) and every unexpected
-exception (a JSON 500 and one log line, never a traceback) into the same shape; and
-`TaskApiRunner` does it for the requests aiohttp's parser refuses before any middleware runs.
+HTTPException aiohttp raises inside the application (unknown route or method, a body over
+`client_max_size`) and every unexpected exception (a JSON 500 and one log line, never a
+traceback) into the same shape.
+
+A request aiohttp's HTTP parser refuses (a broken request line, headers over its limits)
+never reaches the application: aiohttp answers it itself, with a plain-text 400, and reports it
+on the logger the runner was given. `server_logger()` is that logger: each report becomes one
+structured line, never a traceback.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
-from typing import Any
 
 import structlog
 from aiohttp import web
-from aiohttp.http_exceptions import HttpProcessingError
-from aiohttp.web_protocol import RequestHandler
 
 from watcher.safetext import clean
 
@@ -24,24 +27,15 @@ log = structlog.get_logger("watcher.task_api")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-# Codes for the statuses aiohttp itself answers with (routing, parsing, size limits).
+# Codes for the statuses aiohttp raises inside the application (routing, the body limit).
 _STATUS_CODES = {
     400: "bad_request",
     404: "not_found",
     405: "method_not_allowed",
-    408: "request_timeout",
-    411: "length_required",
     413: "body_too_large",
-    414: "uri_too_long",
-    415: "unsupported_media_type",
-    417: "expectation_failed",
-    431: "headers_too_large",
-    500: "internal",
-    501: "not_implemented",
-    503: "unavailable",
-    504: "timeout",
 }
 _MESSAGE_LIMIT = 200
+_SERVER_LOGGER = "watcher.task_api.http"
 
 
 def error_response(status: int, code: str, message: str) -> web.Response:
@@ -63,19 +57,8 @@ def _short(text: str) -> str:
     return line if len(line) <= _MESSAGE_LIMIT else line[: _MESSAGE_LIMIT - 3] + "..."
 
 
-def _describe(exc: BaseException) -> str:
-    """What went wrong, in one line: aiohttp's `message` (also of a wrapped cause) or str()."""
-    seen: BaseException | None = exc
-    while seen is not None:
-        message = getattr(seen, "message", None)
-        if isinstance(message, str) and message.strip():
-            return " ".join(message.split())
-        seen = seen.__cause__
-    return " ".join(str(exc).split())
-
-
-def _status_error(status: int, message: str = "") -> web.Response:
-    """The JSON error for an HTTP status aiohttp chose (404, 405, 413, a parse error's 400)."""
+def _status_error(status: int, message: str) -> web.Response:
+    """The JSON error for an HTTP status aiohttp chose (404, 405, 413)."""
     code = _STATUS_CODES.get(status, "internal" if status >= 500 else "bad_request")
     try:
         phrase = HTTPStatus(status).phrase
@@ -97,10 +80,10 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
             if name in exc.headers:
                 response.headers[name] = exc.headers[name]
         return response
-    except (web.RequestPayloadError, HttpProcessingError) as exc:
-        # A body aiohttp could not decode (bad gzip/deflate, broken chunked framing).
+    except web.RequestPayloadError as exc:
+        # A body whose framing is broken (a chunk size that is not hex, ...).
         return error_response(
-            400, "invalid_body", f"the body could not be read: {_short(_describe(exc))}"
+            400, "invalid_body", f"the body could not be read: {_short(str(exc))}"
         )
     except (asyncio.CancelledError, ConnectionError):
         raise
@@ -114,81 +97,37 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         return error_response(500, "internal", "internal error; the daemon's log has the details")
 
 
-class _JsonErrorRequestHandler(RequestHandler):
-    """aiohttp's connection handler, with JSON answers for requests the parser refused.
+def _one_line(record: logging.LogRecord) -> bool:
+    """aiohttp's report of a request it refused or lost, as one structured line; the record
+    itself (with its traceback) is dropped."""
+    exc = record.exc_info[1] if record.exc_info else None
+    error = ""
+    if exc is not None:
+        # aiohttp's parse errors say what went wrong in the first line of `message`.
+        message = getattr(exc, "message", None)
+        error = _short(f"{type(exc).__name__}: {message if isinstance(message, str) else exc}")
+    detail = _short(record.getMessage())
+    status = getattr(exc, "code", None)
+    if isinstance(exc, ConnectionError):
+        log.debug("task_api.client_gone", detail=detail, error=error)
+    elif isinstance(exc, web.RequestPayloadError) or (
+        # aiohttp's parse errors carry the 4xx status they are answered with. A payload error
+        # is also reported when aiohttp drains an unread broken body after our answer.
+        isinstance(status, int) and 400 <= status < 500
+    ):
+        log.debug("task_api.bad_request", detail=detail, error=error)
+    else:
+        log.warning("task_api.server_error", detail=detail, error=error)
+    return False
 
-    A request line or header over the size limit, too many headers, an unknown method or
-    broken framing never reaches the application (and so no middleware); aiohttp answers it
-    from `handle_error`, in plain text and with a traceback in the log. This answers the same
-    status as JSON and logs one line.
+
+def server_logger() -> logging.Logger:
+    """The logger for the task API's runner (AppRunner's documented `logger` argument).
+
+    aiohttp reports there the requests it answers itself (those its parser refuses, a client
+    gone mid-request), with a traceback; each report becomes one structlog line instead.
     """
-
-    def handle_error(
-        self,
-        request: web.BaseRequest,
-        status: int = 500,
-        exc: BaseException | None = None,
-        message: str | None = None,
-    ) -> web.StreamResponse:
-        """The error response for a request aiohttp could not parse or handle."""
-        if request.writer.output_size > 0:
-            raise ConnectionError("a response was partly sent; the connection is closed")
-        detail = message if isinstance(message, str) else ""
-        if exc is not None and not detail:
-            detail = _describe(exc)
-        if isinstance(exc, ConnectionError):
-            # The client went away mid-request: nobody is left to answer, nothing is broken.
-            log.debug("task_api.client_gone", error=_short(_describe(exc)))
-            detail = ""
-        elif status >= 500:
-            error = f"{type(exc).__name__}: {exc}" if exc is not None else ""
-            log.error("task_api.internal_error", status=status, error=_short(error))
-            detail = ""
-        else:
-            log.debug("task_api.bad_request", status=status, error=_short(detail))
-        response = _status_error(status, detail)
-        response.force_close()
-        return response
-
-    def log_exception(self, *args: Any, **kw: Any) -> None:
-        """aiohttp's error reports, as one log line without a traceback."""
-        exc = kw.get("exc_info")
-        error = f"{type(exc).__name__}: {_describe(exc)}" if isinstance(exc, BaseException) else ""
-        try:
-            detail = str(args[0]) % args[1:] if args else ""
-        except (TypeError, ValueError):
-            detail = str(args[0]) if args else ""
-        # aiohttp re-reports a body it could not decode once the answer is sent: the
-        # client's mistake, already answered with a 400.
-        client_side = isinstance(exc, (web.RequestPayloadError, HttpProcessingError))
-        report = log.debug if client_side else log.warning
-        report("task_api.connection_error", detail=_short(detail), error=_short(error))
-
-
-class _JsonErrorServer(web.Server):
-    def __call__(self) -> RequestHandler:
-        return _JsonErrorRequestHandler(self, loop=self._loop, **self._kwargs)
-
-
-class TaskApiRunner(web.AppRunner):
-    """The runner the task API needs: JSON errors even for requests aiohttp cannot parse, and
-    no automatic decompression — the handlers decode `Content-Encoding` themselves, bounded.
-
-    aiohttp's own decompression can leave a connection hanging (a raw-deflate body whose end
-    is wrong is reported as a parse error after its request has already started, and that
-    request's body never ends), and it happens before any middleware can answer.
-    """
-
-    def __init__(self, app: web.Application, **kwargs: Any) -> None:
-        kwargs["auto_decompress"] = False
-        super().__init__(app, **kwargs)
-
-    async def _make_server(self) -> web.Server:
-        plain = await super()._make_server()
-        return _JsonErrorServer(
-            plain.request_handler,
-            request_factory=plain.request_factory,
-            handler_cancellation=plain.handler_cancellation,
-            loop=plain._loop,
-            **plain._kwargs,
-        )
+    logger = logging.getLogger(_SERVER_LOGGER)
+    logger.setLevel(logging.DEBUG)  # every report reaches the filter; structlog's level decides
+    logger.addFilter(_one_line)  # adding the same filter again is a no-op
+    return logger

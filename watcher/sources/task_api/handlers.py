@@ -1,4 +1,5 @@
-"""The task API (SPEC §6) on `server.api_listen`: register, list and drop watches over HTTP.
+"""The task API (see the README's "Task API") on `server.api_listen`: register, list and drop
+watches over HTTP.
 
     GET    /v1/tasks            every task in the table
     GET    /v1/tasks/{id}       one task
@@ -7,14 +8,15 @@
 
 Tasks added here are written to the state store before the answer, so they survive restarts.
 
-Every answer that is not a success is `{"error": {"code": ..., "message": ...}}` with a 4xx
-status for anything the client got wrong — a body that is not JSON, nested too deep, not
-UTF-8 or not gzip despite `Content-Encoding: gzip`, a path or header too long for the HTTP
-parser, an unknown route or method — and a 500 with code "internal" (and one log line, never
-a traceback) for a bug on our side.
+Every answer of the application that is not a success is `{"error": {"code": ..., "message":
+...}}`: a 4xx for anything the client got wrong (a bad ID; a body that is not JSON, nested too
+deep or not UTF-8; a Content-Encoding other than identity, 415; a body over MAX_BODY, 413; an
+unknown route or method) and a 500 with code "internal" (and one log line, never a traceback)
+for a bug on our side. A request aiohttp's HTTP parser refuses (a broken request line, a path
+or header over its limits) gets aiohttp's own plain-text 400 and one log line, no traceback.
 
 The handlers are here; `watcher.sources.task_api.body` reads and checks request bodies, and
-`watcher.sources.task_api.errors` shapes every error answer (`TaskApiRunner` included).
+`watcher.sources.task_api.errors` shapes the error answers and aiohttp's own error reports.
 """
 
 from __future__ import annotations
@@ -31,18 +33,18 @@ from watcher.delivery.payloads import rfc3339
 from watcher.engine.engine import Engine, StoreUnavailableError, WatchedTask
 from watcher.net.listener import HttpListener
 from watcher.sources.task_api.body import MAX_BODY, read_labels
-from watcher.sources.task_api.errors import Handler, TaskApiRunner, error_response, json_errors
+from watcher.sources.task_api.errors import Handler, error_response, json_errors, server_logger
 
 __all__ = [
     "MAX_BODY",
     "SHUTDOWN_TIMEOUT",
-    "TaskApiRunner",
     "delete_task",
     "get_task",
     "list_tasks",
     "make_task_api",
     "put_task",
     "start_task_api",
+    "task_api_runner",
     "task_json",
 ]
 
@@ -148,7 +150,7 @@ async def delete_task(request: web.Request) -> web.Response:
 def make_task_api(engine: Engine, *, api_token: str = "") -> web.Application:
     """The task API application; with `api_token`, every request needs the bearer token.
 
-    Serve it with TaskApiRunner (as `start_task_api` does): it decodes request bodies itself.
+    Serve it with `task_api_runner` (as `start_task_api` does).
     """
     middlewares: list[Middleware] = [json_errors]
     if api_token:
@@ -162,6 +164,17 @@ def make_task_api(engine: Engine, *, api_token: str = "") -> web.Application:
     return app
 
 
+def task_api_runner(app: web.Application, **kwargs: Any) -> web.AppRunner:
+    """aiohttp's AppRunner for the task API app, with two of its documented options set.
+
+    `auto_decompress=False`: aiohttp would otherwise decompress a gzip or deflate body while
+    it arrives, before any handler can refuse it; the API answers any Content-Encoding but
+    identity with a 415 instead. `logger`: aiohttp reports the requests it answers itself
+    there, and `server_logger` makes each report one log line without a traceback.
+    """
+    return web.AppRunner(app, auto_decompress=False, logger=server_logger(), **kwargs)
+
+
 async def start_task_api(engine: Engine, *, listen: str, api_token: str = "") -> HttpListener:
     """Serve the task API on `listen` (HOST:PORT); returns the listener (close it to stop).
 
@@ -172,7 +185,7 @@ async def start_task_api(engine: Engine, *, listen: str, api_token: str = "") ->
         listen,
         name="task_api",
         shutdown_timeout=SHUTDOWN_TIMEOUT,
-        runner_factory=TaskApiRunner,
+        runner_factory=task_api_runner,
     )
     await listener.start()
     log.info("task_api.listening", url=listener.url, authenticated=bool(api_token))
