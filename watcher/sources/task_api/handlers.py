@@ -1,4 +1,4 @@
-"""The task API (see the README's "Task API") on `server.api_listen`: register, list and drop
+"""The task API (see docs/task-api.md) on `server.api_listen`: register, list and drop
 watches over HTTP.
 
     GET    /v1/tasks            every task in the table
