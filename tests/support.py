@@ -121,8 +121,13 @@ class Running:
     def _busy(self) -> bool:
         return self.engine.in_flight > 0
 
-    async def until(self, done: Callable[[], bool], *, max_seconds: float = 86_400) -> None:
-        """Advance the fake clock whenever the engine is idle, until `done()`."""
+    async def until(
+        self, done: Callable[[], bool], *, max_seconds: float = 86_400, settle_real: float = 0.05
+    ) -> None:
+        """Advance the fake clock whenever the engine is idle, until `done()`. `settle_real`:
+        how long (real seconds) a request in flight may hold the clock (see `drive_until`);
+        tests that count requests per fake second on the simulator raise it, so a slow page
+        on a loaded machine cannot land in a later second than the budget counted it in."""
         task = self.task
         assert task is not None
         await drive_until(
@@ -130,17 +135,23 @@ class Running:
             lambda: done() or task.done(),
             busy=self._busy,
             max_seconds=max_seconds,
+            settle_real=settle_real,
         )
         if task.done():
             task.result()
 
 
 async def run_until(
-    world: World, engine: Engine, done: Callable[[], bool], *, max_seconds: float = 86_400
+    world: World,
+    engine: Engine,
+    done: Callable[[], bool],
+    *,
+    max_seconds: float = 86_400,
+    settle_real: float = 0.05,
 ) -> None:
     """Run the engine on the fake clock until `done()`, then stop it and wait for it."""
     async with Running(world, engine) as running:
-        await running.until(done, max_seconds=max_seconds)
+        await running.until(done, max_seconds=max_seconds, settle_real=settle_real)
 
 
 @dataclass

@@ -262,7 +262,9 @@ async def test_lists_shows_and_discovery_share_one_budget(world: World) -> None:
         looking = asyncio.ensure_future(finder.run())
         try:
             await running.until(
-                lambda: finder.looks >= 1 and engine.all_done(), max_seconds=4 * 3600
+                lambda: finder.looks >= 1 and engine.all_done(),
+                max_seconds=4 * 3600,
+                settle_real=5.0,
             )
         finally:
             looking.cancel()

@@ -276,7 +276,7 @@ async def test_request_budget_is_never_exceeded_across_500_tasks(world: World) -
     engine = make_engine(world, max_requests_per_second=20, max_concurrency=16)
     for task_id in ids:
         engine.add(task_id)
-    await run_until(world, engine, engine.all_done)
+    await run_until(world, engine, engine.all_done, settle_real=5.0)
     assert all(engine.tasks[t].end_reason == "success" for t in ids)
     per_second = collections.Counter(math.floor(r.monotonic) for r in world.sim.request_log)
     assert max(per_second.values()) <= 20

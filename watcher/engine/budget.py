@@ -36,6 +36,11 @@ class RequestBudget:
         self._paused_until = -math.inf
         self._last_start = -math.inf
 
+    @property
+    def sustained_rate(self) -> float:
+        """Requests per second the budget serves when it is always full (`rate` per WINDOW)."""
+        return self.rate / WINDOW
+
     def next_allowed(self, now: float) -> float:
         """The earliest time (>= now) at which one more request may start."""
         earliest = max(now, self._paused_until)

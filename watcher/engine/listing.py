@@ -19,8 +19,10 @@ page.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Awaitable, Callable, Collection, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol
@@ -115,11 +117,13 @@ async def list_all(
     acquire: Callable[[], Awaitable[None]],
     limit: int = LIST_LIMIT,
     max_pages: int = MAX_PAGES,
+    under_way: Callable[[], AbstractContextManager[None]] = contextlib.nullcontext,
 ) -> ListResult:
     """Page through `listing` until an empty page that follows what was read, or (with
     `wanted`) until every wanted ID was seen.
 
-    `acquire` is awaited before each page (the shared request budget). Errors propagate, and
+    `acquire` is awaited before each page (the shared request budget), and each page request
+    runs inside `under_way()` (the scheduler counts it in flight). Errors propagate, and
     so does IncompleteListingError after `max_pages`: the caller decides what a failed
     listing means, and must not take a partial one for the whole list.
     """
@@ -132,7 +136,8 @@ async def list_all(
         if result.pages >= max_pages:
             raise IncompleteListingError(f"no empty page after {max_pages} pages")
         await acquire()
-        page = await client.list_op_logs(limit=limit, offset=offset, extra=listing.query)
+        with under_way():
+            page = await client.list_op_logs(limit=limit, offset=offset, extra=listing.query)
         result.pages += 1
         returned = page.returned
         if returned == 0:

@@ -61,6 +61,9 @@ class CbrApi(Protocol):
         ...
 
 
+BUDGET_HEADROOM = 1.25
+"""Own looks are spaced so they use at most 1 / BUDGET_HEADROOM of the request budget."""
+
 _POLL_FIELDS = (
     "status",
     "progress",
@@ -335,12 +338,25 @@ class PollPath:
         if self._table.replace(row):
             self._scheduler.drop(slot.task_id)
 
-    def apply(self, slot: Slot, decision: schedule.Decision) -> None:
-        """Remember the decision's poll state and schedule the task's next look."""
+    def apply(self, slot: Slot, decision: schedule.Decision, *, spread: bool = False) -> None:
+        """Remember the decision's poll state and schedule the task's next look (`spread`:
+        the caller already spread its delay over what the budget can serve)."""
         row = self._row(slot)
-        decision = schedule.bounded(
-            self.policy, decision, started=row.added_wall, now=self._clock.wall()
-        )
+        # A spread delay already made room for the budget, which may need longer than
+        # poll_interval_max to serve every task once; only the deadline bounds it.
+        bound = schedule.clamp_to_deadline if spread else schedule.bounded
+        decision = bound(self.policy, decision, started=row.added_wall, now=self._clock.wall())
+        floor = self.budget_floor()
+        if (
+            not spread
+            and decision.delay < floor
+            and decision.reason is not schedule.Reason.AUTH_RETRY
+        ):
+            # The budget cannot serve every active task sooner than this: asking for more only
+            # builds a queue at the budget's door. Spread over [floor, 2 × floor], so even
+            # tasks that all asked at once come back at most at 80 % of the budget.
+            delay = floor * (1.0 + self._rng.random())
+            decision = schedule.Decision(decision.state, delay, decision.reason)
         self._table.replace(replace(row, poll_state=decision.state))
         self._stats.poll_reasons[decision.reason.value] += 1
         log.debug(
@@ -351,6 +367,11 @@ class PollPath:
             estimated_end=decision.state.estimated_end,
         )
         self._scheduler.schedule(slot, decision.delay)
+
+    def budget_floor(self) -> float:
+        """The shortest wait the request budget can serve for every active task at once,
+        with a quarter of the budget left for listings, discovery and bursts."""
+        return BUDGET_HEADROOM * len(self._scheduler) / self._scheduler.budget.sustained_rate
 
     async def publish(self, events: Sequence[TaskEvent]) -> None:
         """Hand committed events to every subscriber; a failing one loses nothing durable."""

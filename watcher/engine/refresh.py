@@ -149,13 +149,13 @@ class RefreshSweep:
         held = [(slot, self._scheduler.hold(slot)) for slot, _ in chosen]
         try:
             try:
-                with self._scheduler.requests_under_way():
-                    result = await listing.list_all(
-                        self._poll.client,
-                        plan,
-                        wanted=[slot.task_id for slot, _ in held],
-                        acquire=self._acquire_page,
-                    )
+                result = await listing.list_all(
+                    self._poll.client,
+                    plan,
+                    wanted=[slot.task_id for slot, _ in held],
+                    acquire=self._acquire_page,
+                    under_way=self._scheduler.requests_under_way,
+                )
             except Exception as error:
                 await self._failed(error, held)
                 return
@@ -245,8 +245,9 @@ class RefreshSweep:
         if not held:
             return
         policy = self._poll.policy
-        rate = max(self._scheduler.budget.rate, 1e-9)
-        window = max(policy.interval_max - self.interval, policy.interval_min, len(held) / rate)
+        window = max(
+            policy.interval_max - self.interval, policy.interval_min, self._poll.budget_floor()
+        )
         for slot, generation in held:
             if not self._scheduler.current(slot, generation):
                 continue
@@ -256,5 +257,7 @@ class RefreshSweep:
             slot.confirm = confirm
             delay = self._rng.uniform(0.0, window)
             self._poll.apply(
-                slot, schedule.Decision(row.poll_state, delay, schedule.Reason.HANDED_BACK)
+                slot,
+                schedule.Decision(row.poll_state, delay, schedule.Reason.HANDED_BACK),
+                spread=True,
             )

@@ -199,10 +199,12 @@ class Discovery:
             listings += [batch.Listing({**query.filters, "status": s}) for s in ACTIVE_STATUSES]
         newest = cursor if cursor is not None else since
         for listing in listings:
-            with self._engine.scheduler.requests_under_way():
-                found = await batch.list_all(
-                    self._client, listing, acquire=self._engine.acquire_request
-                )
+            found = await batch.list_all(
+                self._client,
+                listing,
+                acquire=self._engine.acquire_request,
+                under_way=self._engine.scheduler.requests_under_way,
+            )
             result.pages += found.pages
             result.listed += len(found.found)
             if found.malformed:
