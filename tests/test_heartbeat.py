@@ -25,9 +25,9 @@ from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 from structlog.testing import capture_logs
 
-from tests.support import free_port
+from tests.support import free_port, start_daemon
 from watcher import __version__
-from watcher.config import REDACTED, HeartbeatSettings
+from watcher.config import REDACTED, HeartbeatSettings, load_settings
 from watcher.delivery.heartbeat import (
     PING_TIMEOUT,
     Heartbeat,
@@ -37,6 +37,7 @@ from watcher.delivery.heartbeat import (
     watcher_health,
 )
 from watcher.observe.metrics import Metrics
+from watcher.sim import SimTaskSpec, Simulator
 from watcher.testing import FakeClock, drive_until
 
 INTERVAL = 60.0
@@ -560,6 +561,71 @@ async def test_any_answer_leaves_the_heartbeat_beating(
     assert [ping.at - start for ping in receiver.pings] == [
         INTERVAL * n for n in range(len(answers) + 1)
     ]
+
+
+# --- in the daemon -------------------------------------------------------------------------------
+
+
+async def test_the_daemon_pings_fail_while_the_cbr_api_refuses_it(
+    receiver: PingReceiver,
+) -> None:
+    """`run` with `[heartbeat]` against the simulator, all on one fake clock: pings while
+    CBR answers, /fail once every request has failed for 5 × interval, pings again once it
+    answers; the metrics say so, and stopping the daemon stops the pings."""
+    clock = FakeClock()
+    receiver.reset(clock)
+    sim = Simulator(clock, tokens=["good-token"], seed=5)
+    task_id = sim.add_task(SimTaskSpec(id="long-backup", waiting=5, running=6 * 3600))
+    async with sim.running() as base_url:
+        settings_ = load_settings(
+            overrides={
+                "cbr": {"endpoint": base_url, "project_id": sim.project_id},
+                "auth": {"method": "token", "token": "good-token"},
+                "watch": {"tasks": [task_id], "poll_interval_max": "60s"},
+                "heartbeat": {"url": receiver.url, "interval": "1m"},
+                "state": {"path": ":memory:"},
+                "server": {"listen": "127.0.0.1:0", "api_listen": ""},
+            },
+            environ={},
+            secrets_dirs=[],
+        )
+        with capture_logs() as logs:
+            daemon, handle = await start_daemon(settings_, clock=clock)
+            started = clock.monotonic()
+
+            def pings_sent() -> float:
+                [family] = handle.metrics.heartbeat_pings.collect()
+                return sum(s.value for s in family.samples if s.name.endswith("_total"))
+
+            def busy() -> bool:
+                due = math.floor((clock.monotonic() - started) / INTERVAL) + 1
+                return handle.engine.in_flight > 0 or pings_sent() < due
+
+            async def until(done: Callable[[], bool]) -> None:
+                await drive_until(clock, done, busy=busy, max_seconds=3600)
+
+            try:
+                await until(lambda: len(receiver.pings) >= 2)
+                sim.set_tokens(["another-token"])  # every request fails from now on
+                await until(lambda: "fail" in kinds(receiver))
+                sim.set_tokens(["good-token"])
+                await until(lambda: kinds(receiver)[-1] == "url")
+            finally:
+                handle.engine.stop()
+                await drive_until(clock, daemon.done, busy=busy)
+            assert daemon.result() == 0
+    seen = kinds(receiver)
+    first_fail = seen.index("fail")
+    assert seen == ["url"] * first_fail + ["fail"] * (len(seen) - first_fail - 1) + ["url"]
+    assert first_fail >= 6  # revoked after the second ping, then 5 intervals of failures
+    assert b"CBR API failing every request" in receiver.pings[first_fail].body
+    assert [p.at - started for p in receiver.pings] == [INTERVAL * n for n in range(len(seen))]
+    [family] = handle.metrics.heartbeat_pings.collect()
+    counts = {s.labels["result"]: s.value for s in family.samples if s.name.endswith("_total")}
+    assert counts == {"ok": first_fail + 1, "fail_sent": len(seen) - first_fail - 1, "error": 0}
+    assert len(events(logs, "heartbeat.unhealthy")) == 1
+    assert len(events(logs, "heartbeat.healthy")) == 1
+    assert TOKEN not in str(logs)
 
 
 async def test_a_bug_after_a_ping_is_logged_once_and_the_pings_go_on(
