@@ -97,6 +97,9 @@ def test_defaults_match_the_spec() -> None:
         "discover_lookback": 3600.0,
     }
     assert settings.webhooks == []
+    assert settings.heartbeat.url.get_secret_value() == ""
+    assert (settings.heartbeat.url_file, settings.heartbeat.interval) == ("", 60.0)
+    assert not settings.heartbeat.enabled
     assert (settings.metrics.retention, settings.metrics.max_task_series) == (900.0, 10000)
     assert (settings.server.listen, settings.server.api_listen) == (
         "0.0.0.0:9471",
@@ -394,6 +397,27 @@ RECEIVER = '[[webhooks]]\nname = "ops"\nurl = "https://hooks.example.com"\n'
             "watch.poll_intervall_min: unknown key",
             id="unknown-key",
         ),
+        pytest.param(
+            '[heartbeat]\nurl = "hc-ping.com/5f1c-token"',
+            f"heartbeat.url = '{REDACTED}': expected an http:// or https:// URL",
+            id="heartbeat-url",
+        ),
+        pytest.param(
+            '[heartbeat]\nurl = "ftp://hc-ping.com/5f1c-token"',
+            f"heartbeat.url = 'ftp://hc-ping.com/{REDACTED}': expected an http:// or https:// URL",
+            id="heartbeat-url-scheme",
+        ),
+        pytest.param(
+            '[heartbeat]\nurl = "https://hc-ping.com/x"\ninterval = "500ms"',
+            "heartbeat.interval = '0.5s': expected at least 1s",
+            id="heartbeat-interval",
+        ),
+        pytest.param(
+            '[heartbeat]\nurl = "https://hc-ping.com/x"\nurl_file = "/nonexistent/url"',
+            "heartbeat.url_file = '/nonexistent/url': expected a readable file "
+            "(No such file or directory)",
+            id="heartbeat-url-file",
+        ),
         pytest.param('[metric]\nretention = "1m"', "metric: unknown key", id="unknown-section"),
         pytest.param(
             '[log]\nlevel = "loud"\nformat = "xml"',
@@ -552,6 +576,7 @@ def test_render_effective_is_toml_that_loads_back(toml_file: Path) -> None:
         "[auth]",
         "[watch]",
         "[[webhooks]]",
+        "[heartbeat]",
         "[metrics]",
         "[server]",
         "[state]",
@@ -573,6 +598,9 @@ def test_render_effective_is_toml_that_loads_back(toml_file: Path) -> None:
         ('[auth]\naccess_key = ["ak-SECRET"]', "SECRET"),
         ('[auth]\nsecret_key = ["sk-SECRET"]', "SECRET"),
         ('[auth]\nsecurity_token = ["st-SECRET"]', "SECRET"),
+        ('[heartbeat]\nurl = "https://hc-ping.com/hb-SECRET "', "SECRET"),
+        ('[heartbeat]\nurl = ["https://hc-ping.com/hb-SECRET"]', "SECRET"),
+        ('[heartbeat]\nurl = { u = "https://hc-ping.com/hb-SECRET" }', "SECRET"),
     ],
 )
 def test_config_errors_never_echo_secrets(toml: str, secret: str, toml_file: Path) -> None:
@@ -590,6 +618,25 @@ def test_bad_secret_value_is_shown_redacted(toml_file: Path) -> None:
     assert config_error(RECEIVER + 'secret = "whsec_%%%"', toml_file) == (
         f"webhooks[0].secret = '{REDACTED}': expected \"whsec_\" followed by base64"
     )
+
+
+def test_unparsable_heartbeat_json_is_not_echoed() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load(environ={"CBR_WATCHER_HEARTBEAT": '{"url": "https://hc-ping.com/hb-SECRET"'})
+    assert "SECRET" not in str(caught.value)
+    assert str(caught.value).startswith(f"heartbeat = '{REDACTED}' (from environment variable")
+
+
+def test_heartbeat_url_and_url_file_exclude_each_other(tmp_path: Path, toml_file: Path) -> None:
+    url_file = tmp_path / "heartbeat-url"
+    url_file.write_text("https://hc-ping.com/from-file", encoding="utf-8")
+    message = config_error(
+        f'[heartbeat]\nurl = "https://hc-ping.com/x"\nurl_file = "{url_file}"', toml_file
+    )
+    assert message.startswith("heartbeat.url_file = ")
+    assert message.endswith("expected only one of url and url_file")
+    settings = load(f'[heartbeat]\nurl_file = "{url_file}"', path=toml_file)
+    assert settings.heartbeat.enabled
 
 
 def test_unparsable_webhooks_json_is_not_echoed() -> None:
@@ -711,17 +758,21 @@ def test_render_effective_redacts_every_url(toml_file: Path) -> None:
         [[webhooks]]
         name = "ops"
         url = "https://hook-SECRET@hooks.example.com/cbr?token=hook-SECRET"
+        [heartbeat]
+        url = "https://hc-ping.com/hb-SECRET-uuid"
         """,
         path=toml_file,
     )
     text = render_effective(settings)
     assert "SECRET" not in text
     assert f'endpoint = "https://{REDACTED}@cbr.example.com/?sig={REDACTED}"' in text
+    # A push URL is its own credential: only its host is shown.
+    assert f'url = "https://hc-ping.com/{REDACTED}"' in text
     assert f'iam_endpoint = "https://iam.example.com/?key={REDACTED}"' in text
     assert f'url = "https://{REDACTED}@hooks.example.com/cbr?token={REDACTED}"' in text
 
 
-def test_check_config_prints_webhook_urls_redacted(
+def test_check_config_prints_urls_redacted(
     toml_file: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """`cbr-watcher check-config` itself: no URL credential or query value in what it prints."""
@@ -738,12 +789,15 @@ def test_check_config_prints_webhook_urls_redacted(
         [[webhooks]]
         name = "ops"
         url = "https://user:pass-SECRET@hooks.example.com/cbr?token=abc-SECRET"
+        [heartbeat]
+        url = "https://hc-ping.com/hb-SECRET/"
         """,
         encoding="utf-8",
     )
     assert main(["check-config", "--config", str(toml_file)]) == 0
     out = capsys.readouterr().out
     assert "SECRET" not in out
+    assert f'url = "https://hc-ping.com/{REDACTED}"' in out
     assert f'url = "https://{REDACTED}@hooks.example.com/cbr?token={REDACTED}"' in out
     assert f'endpoint = "https://cbr.example.com/?ak={REDACTED}"' in out
 

@@ -194,8 +194,13 @@ async def test_a_failing_listing_is_retried_and_never_ends_discovery(world: Worl
     async with Running(world, engine) as running:
         with capture_logs() as logs:
             assert await look(running, finder) == []
+            # Discovery's requests count for the daemon's health (the heartbeat) too.
+            failing_since = [engine.upstream_failing_since]
             world.clock.advance(30)
             assert await look(running, finder) == [task_id]
+            failing_since.append(engine.upstream_failing_since)
+    assert failing_since[0] is not None
+    assert failing_since[1] is None
     names = [entry["event"] for entry in logs]
     assert names.count("discovery.list_failed") == 1
     assert "discovery.recovered" in names

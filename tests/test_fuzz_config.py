@@ -29,6 +29,7 @@ from watcher.config import (
     Settings,
     WebhookSettings,
     load_settings,
+    render_effective,
     require_runnable,
 )
 
@@ -383,6 +384,49 @@ def test_any_duration_loads_or_fails_with_one_clean_line(
         return
     config_path.write_text(toml_document(merged(RUNNABLE, doc)), encoding="utf-8")
     load_and_check(config_file=config_path, environ={}, sections={section})
+
+
+# --- the heartbeat URL: a credential in its path ----------------------------------------------
+
+HEARTBEAT_URLS = st.builds(
+    lambda head, tail: head + MARKER + tail,
+    st.sampled_from(
+        [
+            "https://hc-ping.com/",
+            "https://hc-ping.com/ping/key/",
+            "http://u:p@checks.example:8000/ping/",
+            "https://kuma.example/api/push/",
+            "https://cronitor.link/p/",
+            "https://h/?k=",
+            "https://h/#",
+            "https://h?",
+            "hc-ping.com/",
+            "ftp://hc-ping.com/",
+            " https://hc-ping.com/",
+            "https:/hc-ping.com/",
+        ]
+    ),
+    TOML_TEXT,
+)
+
+
+@FUZZ
+@given(url=HEARTBEAT_URLS | HEARTBEAT_URLS.map(lambda u: [u]), via_env=st.booleans())
+def test_a_heartbeat_url_never_shows_its_token(
+    url: str | list[str], via_env: bool, config_path: Path
+) -> None:
+    """Whatever the URL looks like, loading it works or fails with one line, and neither the
+    message, the settings' repr nor check-config's output shows what follows its host."""
+    if via_env and isinstance(url, str) and settable(url):
+        env = {**RUNNABLE_ENV, "CBR_WATCHER_HEARTBEAT__URL": url}
+        loaded = load_and_check(environ=env, sections={"heartbeat"})
+    else:
+        doc = merged(RUNNABLE, {"heartbeat": {"url": url}})
+        config_path.write_text(toml_document(doc), encoding="utf-8")
+        loaded = load_and_check(config_file=config_path, environ={}, sections={"heartbeat"})
+    if loaded is not None:
+        assert MARKER not in repr(loaded)
+        assert MARKER not in render_effective(loaded)
 
 
 # --- through the command line ----------------------------------------------------------------

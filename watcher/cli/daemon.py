@@ -18,6 +18,7 @@ from watcher.cli.restore import restore
 from watcher.cli.wiring import build_client, build_engine, build_outbox
 from watcher.clock import Clock, RealClock
 from watcher.config import Settings
+from watcher.delivery.heartbeat import Heartbeat, watcher_health
 from watcher.delivery.recorder import StateRecorder
 from watcher.delivery.webhooks import Deliverer, Receiver
 from watcher.engine.engine import Engine
@@ -185,7 +186,9 @@ async def run_daemon(
         notifier.ready()
         _background(stack, notifier.run(), "systemd notify")
         stack.callback(notifier.stopping)
+        stop_heartbeat = _start_heartbeat(stack, settings, engine, health, clock, metrics)
         await engine.run()
+        stop_heartbeat()  # a watcher that stopped watching is not healthy: stay silent
         finished = engine.all_done() or scope.done()
         if deliverer is not None and engine.exit_when_done and finished:
             await deliverer.wait_drained(EXIT_DRAIN_TIMEOUT)
@@ -200,7 +203,7 @@ async def run_daemon(
 
 def _background(
     stack: contextlib.AsyncExitStack, work: Coroutine[Any, Any, None], name: str
-) -> None:
+) -> asyncio.Task[None]:
     """Run `work` as a task that the exit stack cancels and awaits."""
     task = asyncio.create_task(work, name=name)
 
@@ -210,6 +213,28 @@ def _background(
             await task
 
     stack.push_async_callback(cancel)
+    return task
+
+
+def _start_heartbeat(
+    stack: contextlib.AsyncExitStack,
+    settings: Settings,
+    engine: Engine,
+    health: Health,
+    clock: Clock,
+    metrics: Metrics,
+) -> Callable[[], object]:
+    """Ping `[heartbeat]`'s URL in the background, if set (docs/coverage.md#heartbeat);
+    returns what stops it."""
+    if not settings.heartbeat.enabled:
+        return lambda: None
+    probe = watcher_health(
+        engine, clock, interval=settings.heartbeat.interval, stall_after=health.stall_after
+    )
+    heartbeat = Heartbeat.from_settings(
+        settings.heartbeat, health=probe, clock=clock, observer=metrics
+    )
+    return _background(stack, heartbeat.run(), "heartbeat").cancel
 
 
 async def _stop_deliverer(deliverer: Deliverer, delivering: asyncio.Task[None]) -> None:

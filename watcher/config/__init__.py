@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from watcher.config.errors import ConfigError
 from watcher.config.load import load_settings, require_runnable
-from watcher.config.model import Settings, WebhookSettings
+from watcher.config.model import HeartbeatSettings, Settings, WebhookSettings
 from watcher.config.render import render_effective
 from watcher.config.sources import ENV_PREFIX, KUBERNETES_SECRETS_DIR, default_secrets_dirs
 from watcher.config.types import DurationMark
@@ -35,6 +35,7 @@ __all__ = [
     "REDACTED",
     "ConfigError",
     "DurationMark",
+    "HeartbeatSettings",
     "Settings",
     "WebhookSettings",
     "default_secrets_dirs",

@@ -14,7 +14,14 @@ from typing import Final
 from pydantic import ValidationError
 from pydantic_settings import SettingsError
 
-from watcher.redaction import REDACTED, is_secret_key, is_url_key, redact_url
+from watcher.redaction import (
+    REDACTED,
+    is_secret_key,
+    is_token_url_key,
+    is_url_key,
+    redact_token_url,
+    redact_url,
+)
 
 Loc = tuple[str | int, ...]
 
@@ -93,9 +100,16 @@ class _Elided:
         return "..."
 
 
+def is_token_url_loc(loc: Sequence[str | int]) -> bool:
+    """Whether the value at `loc` is (or is inside) a URL whose path is a secret."""
+    return len(loc) >= 2 and is_token_url_key(f"{loc[0]}.{loc[1]}")
+
+
 def _redacted(value: object, loc: Loc, depth: int = 0) -> object:
     if is_secret_loc(loc):
         return REDACTED
+    if isinstance(value, str) and is_token_url_loc(loc):
+        return redact_token_url(value)
     if isinstance(value, Mapping | list | tuple) and depth >= _MAX_SHOWN // 2:
         return _Elided()  # shown cut to _MAX_SHOWN characters anyway
     if isinstance(value, Mapping):
@@ -145,7 +159,9 @@ def from_undecodable(exc: UndecodableValue) -> ConfigError:
     # The raw text failed to parse, so it cannot be redacted field by field: hide it whole
     # when it may hold a secret.
     loc = exc.loc
-    hidden = loc[:1] == ("webhooks",) or is_secret_loc(loc)
+    hidden = (
+        loc[:1] in (("webhooks",), ("heartbeat",)) or is_secret_loc(loc) or is_token_url_loc(loc)
+    )
     value = repr(REDACTED) if hidden else shown(exc.value, loc)
     return ConfigError(
         f"{dotted(loc)} = {value} (from {exc.origin} {exc.name.upper()}): "

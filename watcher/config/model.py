@@ -26,6 +26,7 @@ from watcher.config.types import (
     EventPattern,
     FilterValue,
     HttpUrlOrEmpty,
+    HttpUrlSecretOrEmpty,
     Labels,
     Listen,
     ListenOrEmpty,
@@ -203,6 +204,32 @@ class WebhookSettings(_Section):
         return self
 
 
+class HeartbeatSettings(_Section):
+    """`[heartbeat]`: a dead man's switch for the watcher itself (docs/coverage.md#heartbeat)."""
+
+    url: HttpUrlSecretOrEmpty = SecretStr("")
+    url_file: UrlFile = ""
+    interval: PositiveDuration = 60.0
+
+    @field_validator("interval")
+    @classmethod
+    def _not_too_often(cls, value: float) -> float:
+        # A checker is a shared service: a typo such as "1ms" must not flood it.
+        if value < 1.0:
+            raise Invalid("expected at least 1s", value=format_duration(value))
+        return value
+
+    @model_validator(mode="after")
+    def _one_url(self) -> Self:
+        at_most_one(self, ("url", "url_file"))
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        """Whether a URL (or a file holding one) is set."""
+        return bool(self.url.get_secret_value() or self.url_file)
+
+
 class MetricsSettings(_Section):
     """`[metrics]`: per-task series lifetime and cardinality cap."""
 
@@ -269,6 +296,7 @@ class Settings(BaseSettings):
     auth: AuthSettings = Field(default_factory=AuthSettings)
     watch: WatchSettings = Field(default_factory=WatchSettings)
     webhooks: list[WebhookSettings] = Field(default_factory=list)
+    heartbeat: HeartbeatSettings = Field(default_factory=HeartbeatSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     server: ServerSettings = Field(default_factory=ServerSettings)
     state: StateSettings = Field(default_factory=StateSettings)

@@ -11,7 +11,7 @@ from pydantic import BaseModel, SecretStr
 from watcher.config.durations import format_duration
 from watcher.config.model import Settings
 from watcher.config.types import DurationMark
-from watcher.redaction import REDACTED, is_url_key, redact_url
+from watcher.redaction import REDACTED, is_token_url_key, is_url_key, redact_token_url, redact_url
 
 _BARE_KEY: Final = re.compile(r"[A-Za-z0-9_-]+")
 _ESCAPES: Final = {
@@ -62,20 +62,23 @@ def _value(value: object, *, duration: bool = False) -> str:
 
 def _table(header: str, section: BaseModel, notes: dict[str, str]) -> list[str]:
     lines = [header]
+    path = header.strip("[]")
     nested: list[tuple[str, BaseModel]] = []
     for name, field in type(section).model_fields.items():
         value = getattr(section, name)
         if isinstance(value, list) and value and all(isinstance(v, BaseModel) for v in value):
             nested.extend((name, item) for item in value)
             continue
-        if is_url_key(name) and isinstance(value, str):
+        if is_token_url_key(f"{path}.{name}"):
+            raw = value.get_secret_value() if isinstance(value, SecretStr) else value
+            value = redact_token_url(raw) if isinstance(raw, str) else raw
+        elif is_url_key(name) and isinstance(value, str):
             value = redact_url(value)
         duration = any(isinstance(item, DurationMark) for item in field.metadata)
         line = f"{_key(name)} = {_value(value, duration=duration)}"
         if name in notes:
             line += f"  # {redact_url(notes[name])}"
         lines.append(line)
-    path = header.strip("[]")
     for name, item in nested:
         # An array of tables (e.g. [[watch.discover]]) follows its parent table's keys.
         lines.extend(["", *_table(f"[[{path}.{name}]]", item, {})])

@@ -150,6 +150,11 @@ def _http_url_or_empty(value: str) -> str:
     return value
 
 
+def _http_url_secret_or_empty(value: SecretStr) -> SecretStr:
+    _http_url_or_empty(value.get_secret_value())
+    return value
+
+
 def _readable_file(value: str) -> str:
     if value:
         try:
@@ -177,6 +182,8 @@ def file_holding(check: Callable[[str], bool], what: str) -> AfterValidator:
 
 
 HttpUrlOrEmpty = Annotated[str, AfterValidator(_http_url_or_empty)]
+HttpUrlSecretOrEmpty = Annotated[SecretStr, AfterValidator(_http_url_secret_or_empty)]
+"""A URL that is its own credential (a push URL with the token in its path)."""
 ReadableFile = Annotated[str, AfterValidator(_readable_file)]
 UrlFile = Annotated[ReadableFile, file_holding(is_http_url, "an http(s) URL")]
 WhsecFile = Annotated[ReadableFile, file_holding(is_whsec, '"whsec_" and base64')]

@@ -147,6 +147,9 @@ class Discovery:
                 if error.http_status == 403:
                     self._refused(error)
                     break
+                # The daemon's health (the heartbeat) counts discovery's requests too: a
+                # watcher with no task to poll still depends on CBR answering these.
+                self._engine.upstream.failed(error)
                 if isinstance(error, ThrottledError) and error.retry_after is not None:
                     # The quota is shared by every request: nobody calls before it resets.
                     self._engine.budget.pause_until(self._clock.monotonic() + error.retry_after)
@@ -158,6 +161,8 @@ class Discovery:
                         code=error.code_label,
                     )
                 self._failing = True
+            else:
+                self._engine.upstream.ok()
         if not result.failed and self._failing:
             log.info("discovery.recovered")
             self._failing = False

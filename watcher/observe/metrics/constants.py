@@ -55,6 +55,10 @@ WEBHOOK_RESULTS = (
 )
 """`result` of one webhook attempt; anything else is counted as "other"."""
 
+HEARTBEAT_RESULTS = ("ok", "fail_sent", "error")
+"""`result` of one heartbeat ping: accepted while healthy, accepted at `<url>/fail`, or not
+accepted (no answer, a non-2xx, a redirect, an unreadable url_file)."""
+
 HOUR = 3600.0
 DURATION_BUCKETS = (
     10.0,

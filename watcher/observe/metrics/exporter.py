@@ -15,7 +15,13 @@ from watcher.engine.schedule import Reason
 from watcher.engine.stats import INTERNAL_COMPONENTS, LIST_COMPONENTS
 from watcher.observe.metrics.accounting import account_finished
 from watcher.observe.metrics.collectors import EngineCounter
-from watcher.observe.metrics.constants import EOF, PREFIX, WEBHOOK_OUTCOMES, WEBHOOK_RESULTS
+from watcher.observe.metrics.constants import (
+    EOF,
+    HEARTBEAT_RESULTS,
+    PREFIX,
+    WEBHOOK_OUTCOMES,
+    WEBHOOK_RESULTS,
+)
 from watcher.observe.metrics.instruments import Instruments
 from watcher.observe.metrics.resources import ResourceBook, ResourceRenderer
 from watcher.observe.metrics.task_render import TaskRenderer
@@ -41,6 +47,7 @@ class Metrics(Instruments):
         self._clock = clock
         self._table: TaskTable | None = None
         self._last_success: dict[str, float] = {}
+        self._heartbeat_registered = False
         self._base = CollectorRegistry()
         super().__init__(self._base, version=version, process_metrics=process_metrics)
         self._selector = TaskSelector(
@@ -214,6 +221,24 @@ class Metrics(Instruments):
     def set_receiver_disabled(self, receiver: str, disabled: bool) -> None:
         """Whether `receiver` was disabled (410 Gone)."""
         self.webhook_receiver_disabled.labels(receiver).set(1 if disabled else 0)
+
+    # ---- heartbeat (a `watcher.delivery.heartbeat.HeartbeatObserver`) -----------------------
+
+    def heartbeat_configured(self) -> None:
+        """Export the heartbeat metrics, counters at 0: only a daemon with a heartbeat has them."""
+        if self._heartbeat_registered:
+            return
+        self._heartbeat_registered = True
+        self._base.register(self.heartbeat_pings)
+        self._base.register(self.heartbeat_last_success)
+        for result in HEARTBEAT_RESULTS:
+            self.heartbeat_pings.labels(result)
+
+    def heartbeat_pinged(self, result: str, at: float) -> None:
+        """One ping ended with `result` (see HEARTBEAT_RESULTS) at `at` (epoch seconds)."""
+        self.heartbeat_pings.labels(result if result in HEARTBEAT_RESULTS else "error").inc()
+        if result == "ok":
+            self.heartbeat_last_success.set(at)
 
     # ---- authentication ---------------------------------------------------------------------
 

@@ -122,6 +122,20 @@ class Instruments:
             ["receiver"],
             registry=registry,
         )
+        # Registered only by a daemon with a heartbeat: see `Metrics.heartbeat_configured`.
+        self.heartbeat_pings = Counter(
+            PREFIX + "heartbeat_pings",
+            "Heartbeat pings by result: ok (the URL accepted a healthy ping), fail_sent "
+            "(<url>/fail accepted an unhealthy one), error (no 2xx answer).",
+            ["result"],
+            registry=None,
+        )
+        self.heartbeat_last_success = Gauge(
+            PREFIX + "heartbeat_last_success_timestamp_seconds",
+            "When the heartbeat URL last accepted a healthy ping, in seconds since the epoch; "
+            "0 until it first did.",
+            registry=None,
+        )
         self.token_expiry = Gauge(
             PREFIX + "auth_token_expiry_timestamp_seconds",
             "When the current IAM token expires, in seconds since the epoch; 0 when unknown "
