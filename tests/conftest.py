@@ -10,7 +10,8 @@ import pytest
 import structlog
 
 from tests.daemon_process import kill_leftovers
-from tests.support import World, open_world
+from tests.support import LISTING_DIALECTS, World, open_world
+from watcher.sim.dialects import preset
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -43,7 +44,20 @@ def _no_leaked_processes() -> Generator[None, None, None]:
 
 
 @pytest.fixture
-async def world(tmp_path: Path) -> AsyncIterator[World]:
+def dialect() -> str:
+    """The simulator dialect of `world` (see LISTING_DIALECTS); modules marked
+    `every_dialect` get each of them."""
+    return "default"
+
+
+@pytest.fixture
+async def world(tmp_path: Path, dialect: str) -> AsyncIterator[World]:
     """Everything on one FakeClock; the client reads its token from a file that tests rotate."""
-    async with open_world(tmp_path) as world:
+    async with open_world(tmp_path, dialect=preset(dialect)) as world:
         yield world
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Tests that take `world` in a module marked `every_dialect` run once per dialect."""
+    if "world" in metafunc.fixturenames and metafunc.definition.get_closest_marker("every_dialect"):
+        metafunc.parametrize("dialect", LISTING_DIALECTS)

@@ -23,6 +23,7 @@ from watcher.engine.engine import Engine
 from watcher.engine.events import TaskEvent
 from watcher.engine.schedule import Policy
 from watcher.sim import Simulator
+from watcher.sim.dialects import DEFAULT_DIALECT, Dialect
 from watcher.testing import FakeClock, drive_until
 
 
@@ -69,11 +70,13 @@ class World:
 
 
 @contextlib.asynccontextmanager
-async def open_world(tmp: Path, *, seed: int = 11) -> AsyncIterator[World]:
+async def open_world(
+    tmp: Path, *, seed: int = 11, dialect: Dialect = DEFAULT_DIALECT
+) -> AsyncIterator[World]:
     """A World on a new FakeClock; the client reads its token from `tmp/token`, which tests
     rotate. The `world` fixture; hypothesis examples, which cannot take it, enter this."""
     clock = FakeClock()
-    sim = Simulator(clock, tokens=["token-1"], seed=seed)
+    sim = Simulator(clock, tokens=["token-1"], seed=seed, dialect=dialect)
     token_file = tmp / "token"
     token_file.write_text("token-1\n")
     async with sim.running() as base_url:
@@ -251,3 +254,9 @@ async def start_daemon(
         with contextlib.suppress(BaseException):
             await daemon
         raise
+
+
+LISTING_DIALECTS = ("default", "examples", "page-count", "capped", "worst-case")
+"""The simulator's guesses about what the real list API does (`watcher.sim.dialects`) that a
+listing must survive: `count` per page, pages capped at 100, zoneless times and nulls. A test
+module marked `every_dialect` runs each test that takes `world` once per dialect."""

@@ -6,6 +6,7 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+import pytest
 from structlog.testing import capture_logs
 
 from tests.support import Events, Running, World, make_engine
@@ -16,6 +17,8 @@ from watcher.engine.engine import Engine
 from watcher.sim import SimTaskSpec
 from watcher.sources.discovery import Discovery
 from watcher.state.sqlite import Store
+
+pytestmark = pytest.mark.every_dialect
 
 
 def discovery(
