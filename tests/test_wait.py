@@ -36,6 +36,7 @@ from watcher.clock import RealClock
 from watcher.delivery.payloads import event_data
 from watcher.engine.events import TASK_FAILED, TaskEvent
 from watcher.sim import SimTaskSpec, Simulator
+from watcher.sim.dialects import preset
 
 TOKEN = "wait-t0ken-value"
 WITHIN = 60.0
@@ -56,10 +57,11 @@ DATA_KEYS = set(
 )
 
 
-@pytest.fixture
-async def live_sim() -> AsyncIterator[tuple[Simulator, str]]:
-    """A simulator on real time, for a waiter in another process."""
-    sim = Simulator(RealClock(), tokens=[TOKEN], seed=4)
+@pytest.fixture(params=["default", "examples", "worst-case"])
+async def live_sim(request: pytest.FixtureRequest) -> AsyncIterator[tuple[Simulator, str]]:
+    """A simulator on real time, for a waiter in another process, once per dialect (the
+    official examples' zoneless times and nulls; every list quirk at once)."""
+    sim = Simulator(RealClock(), tokens=[TOKEN], seed=4, dialect=preset(request.param))
     async with sim.running() as base_url:
         yield sim, base_url
 
