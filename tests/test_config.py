@@ -344,7 +344,7 @@ RECEIVER = '[[webhooks]]\nname = "ops"\nurl = "https://hooks.example.com"\n'
             RECEIVER + 'events = ["task.*", "task.finish*"]',
             "webhooks[0].events[1] = 'task.finish*': expected an event type or a glob matching "
             "one of task.started, task.progress, task.succeeded, task.failed, task.timed_out, "
-            "task.skipped, watch.not_found, watch.expired, test.ping",
+            "task.skipped, watch.not_found, watch.expired, backup.missed, test.ping",
             id="webhooks-event-glob",
         ),
         pytest.param(
