@@ -552,6 +552,7 @@ def test_render_effective_is_toml_that_loads_back(toml_file: Path) -> None:
         "[auth]",
         "[watch]",
         "[[webhooks]]",
+        "[coverage]",
         "[metrics]",
         "[server]",
         "[state]",
