@@ -118,6 +118,7 @@ async def test_the_first_inventory_covers_every_protected_resource(
     """Before any task finished: every resource is protected (with its policy, or none), two
     have a last success from their newest backup, and two have never been backed up."""
     stage(world.sim)
+    start = world.clock.wall()
     store = await Store.open(str(tmp_path / "state.db"))
     daemon = Daemon(world, store)
     async with Running(world, daemon.engine) as running:
@@ -135,7 +136,6 @@ async def test_the_first_inventory_covers_every_protected_resource(
     policies = {dict(labels)["resource_id"]: dict(labels)["policy_id"] for labels in protected}
     assert policies == {"ecs-1": "p-daily", "ecs-2": "p-daily", "ecs-3": "p-daily", "disk-1": ""}
     success = daemon.by_resource("cbr_watcher_resource_last_success_timestamp_seconds")
-    start = world.clock.wall()
     assert success == {"ecs-1": start - DAY, "ecs-2": start - DAY - HOUR}
     assert daemon.by_resource("cbr_watcher_resource_last_status") == {}  # no task finished
     assert daemon.by_resource("cbr_watcher_resource_never_backed_up") == {

@@ -30,6 +30,7 @@ from watcher.coverage.coverage import Coverage
 from watcher.engine.engine import Engine
 from watcher.engine.schedule import Policy
 from watcher.observe.metrics import Metrics
+from watcher.safetext import clean
 from watcher.testing import FakeClock, drive_until
 
 DAILY = "FREQ=DAILY;BYHOUR=14;BYMINUTE=0"
@@ -413,14 +414,40 @@ def test_hostile_inventory_bodies_never_crash_coverage(
         assert rig.engine.stats.internal_errors["coverage"] == 0
         body, _ = rig.metrics.render()
         list(text_string_to_metric_families(body.decode()))
-        expected = {
-            r["id"]
+        # A vault listed twice (pages shifted) counts as its later answer.
+        latest = {
+            clean(v["id"]): v
             for v in vaults
-            if isinstance(v, dict) and isinstance(v.get("id"), str) and v["id"]
-            if isinstance(v.get("resources"), list)
+            if isinstance(v, dict) and isinstance(v.get("id"), str)
+        }
+        expected = {
+            clean(r["id"])
+            for v in latest.values()
+            if v["id"] and isinstance(v.get("resources"), list)
             for r in v["resources"]
             if isinstance(r, dict) and isinstance(r.get("id"), str) and r["id"]
         }
         assert set(rig.coverage.inventory.resources if rig.coverage.inventory else ()) == expected
 
     asyncio.run(scenario())
+
+
+async def test_a_resource_without_a_backup_is_asked_again_only_after_a_scheduled_start() -> None:
+    """Nothing is asked again in steady state, until a start of the resource's policy (14:00
+    UTC, 1h grace) has passed: then its backup may exist. No policy, never again."""
+    api = FakeApi()
+    api.vaults = [vault("v1", "r1"), vault("v2", "r2")]
+    api.policies = [policy("p1", "v1")]
+    rig = Rig(api)
+    assert await rig.call(rig.coverage.inventory_once)
+    assert await rig.call(rig.coverage.seed)
+    assert api.calls.count("backups") == 2
+    rig.clock.advance(14.5 * 3600)  # 14:30: the start passed, its grace not yet
+    assert rig.coverage.to_seed() == []
+    rig.clock.advance(3600)  # 15:30
+    assert [r.id for r in rig.coverage.to_seed()] == ["r1"]
+    api.backups = {"r1": [{"id": "b", "resource_id": "r1", "created_at": "2026-01-01T14:05:00Z"}]}
+    assert await rig.call(rig.coverage.seed)
+    assert rig.samples("cbr_watcher_resource_never_backed_up") == {"r1": 0, "r2": 1}
+    rig.clock.advance(3 * 86_400)
+    assert rig.coverage.to_seed() == []

@@ -315,8 +315,8 @@ class Coverage:
     # ---- seeds ------------------------------------------------------------------------------
 
     def to_seed(self) -> list[Protected]:
-        """Resources whose newest backup is to be asked now: never asked, or asked long ago
-        without a dated answer. Only those the series cap exports."""
+        """Resources whose newest backup is to be asked now (`seeding.ask_again`); only those
+        the series cap exports."""
         if self.inventory is None:
             return []
         now = self._clock.wall()
@@ -325,7 +325,7 @@ class Coverage:
             resource
             for resource in self.inventory.resources.values()
             if (record := self.records.get(resource.id)) is not None
-            and ask_again(record.asked, record.newest_backup, now)
+            and ask_again(resource, record, now, grace=self.settings.schedule_grace)
             and self._views.exported(resource.id)
         ]
 

@@ -2,9 +2,10 @@
 (`resource_id`, `status=available`, `sort=created_at:desc`, `limit=1`) per newly seen resource.
 
 After that, freshness comes from the tasks the watcher sees end. A resource whose answer said
-nothing useful (no backup at all, or one without a readable `created_at`) is asked again
-`RESEED_AFTER` later, so `cbr_watcher_resource_never_backed_up` does not stay 1 for a
-resource whose backups the watcher does not watch.
+nothing useful (no backup at all, or one without a readable `created_at`) is asked again once
+a scheduled start of its policy has passed since (and at least `RESEED_AFTER` later), so
+`cbr_watcher_resource_never_backed_up` does not stay 1 for a resource whose backups the
+watcher does not watch; a resource no policy applies to is not asked again.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Protocol
 from watcher.cbr.inventory import BackupPage
 from watcher.coverage.freshness import ResourceKey, ResourceStatus
 from watcher.coverage.inventory import Problem, Protected
+from watcher.state.rows import InventoryRecord
 
 RESEED_AFTER = 6 * 3600.0
 """How long before a resource without a dated backup is asked again."""
@@ -51,10 +53,22 @@ class Seed:
     """`created_at` of the newest available backup (None: none, or unreadable)."""
 
 
-def ask_again(asked: float | None, newest: float | None, now: float) -> bool:
-    """Whether a resource last answered at `asked` (None: never) with a newest backup of
-    `newest` is to be asked (again) at `now`."""
-    return asked is None or (newest is None and now - asked >= RESEED_AFTER)
+def ask_again(resource: Protected, record: InventoryRecord, now: float, *, grace: float) -> bool:
+    """Whether `resource` is to be asked (again) at `now`: never asked, or answered without a
+    dated backup at least RESEED_AFTER ago and a scheduled start of one of its policies has
+    passed its grace since (only then can a backup have appeared)."""
+    asked = record.asked
+    if asked is None:
+        return True
+    if record.newest_backup is not None or now - asked < RESEED_AFTER:
+        return False
+    return any(
+        policy.schedule is not None
+        and policy.schedule.between(
+            asked - max(grace, policy.window), now - max(grace, policy.window)
+        )
+        for policy in resource.policies
+    )
 
 
 async def newest_backup(
