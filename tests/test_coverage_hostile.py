@@ -124,7 +124,7 @@ class FakeApi:
 class Rig:
     """Coverage on a fake API, an idle engine for the request budget, and its metrics."""
 
-    def __init__(self, api: FakeApi, **cov: Any) -> None:
+    def __init__(self, api: FakeApi, *, max_series: int = 10_000, **cov: Any) -> None:
         self.clock = FakeClock()
         self.api = api
         self.metrics = Metrics(clock=self.clock, process_metrics=False)
@@ -147,6 +147,7 @@ class Rig:
             settings=CoverageSettings.model_validate({"enabled": True, **cov}),
             observer=self.metrics,
             record_missed=record,
+            max_series=max_series,
         )
         self.metrics.attach_coverage(self.coverage)
 
@@ -451,3 +452,19 @@ async def test_a_resource_without_a_backup_is_asked_again_only_after_a_scheduled
     assert rig.samples("cbr_watcher_resource_never_backed_up") == {"r1": 0, "r2": 1}
     rig.clock.advance(3 * 86_400)
     assert rig.coverage.to_seed() == []
+
+
+async def test_coverage_series_are_capped_like_task_series() -> None:
+    """Past the cap, the resources already exported keep their series (none flaps), the rest
+    are counted once and not asked about."""
+    api = FakeApi()
+    api.vaults = [vault("v1", "r1", "r2")]
+    rig = Rig(api, max_series=2)
+    assert await rig.call(rig.coverage.inventory_once)
+    api.vaults = [vault("v0", "r0"), vault("v1", "r1", "r2")]
+    for _ in range(2):
+        assert await rig.call(rig.coverage.inventory_once)
+        assert await rig.call(rig.coverage.seed)
+    assert sorted(rig.samples("cbr_watcher_resource_protected")) == ["r1", "r2"]
+    assert rig.samples("cbr_watcher_resource_series_dropped_total") == {"": 1}
+    assert api.calls.count("backups") == 2

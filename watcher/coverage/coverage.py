@@ -293,6 +293,7 @@ class Coverage:
         self.completed = self._clock.wall()
         self.inventories += 1
         self._view = None
+        self.view(self.completed)  # the series cap chooses now, not at the next scrape
         self._published.set()
         log.info(
             "coverage.inventory",
