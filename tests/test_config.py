@@ -347,7 +347,7 @@ RECEIVER = '[[webhooks]]\nname = "ops"\nurl = "https://hooks.example.com"\n'
             RECEIVER + 'events = ["task.*", "task.finish*"]',
             "webhooks[0].events[1] = 'task.finish*': expected an event type or a glob matching "
             "one of task.started, task.progress, task.succeeded, task.failed, task.timed_out, "
-            "task.skipped, watch.not_found, watch.expired, test.ping",
+            "task.skipped, watch.not_found, watch.expired, backup.missed, test.ping",
             id="webhooks-event-glob",
         ),
         pytest.param(
@@ -576,6 +576,7 @@ def test_render_effective_is_toml_that_loads_back(toml_file: Path) -> None:
         "[auth]",
         "[watch]",
         "[[webhooks]]",
+        "[coverage]",
         "[heartbeat]",
         "[metrics]",
         "[server]",

@@ -30,19 +30,30 @@ async def test_demo_shows_every_outcome_and_a_summary() -> None:
     assert MISTYPED_TASK_ID in summary
     assert "BackupService.5009" in text  # the failed task's CBR error is shown
     # Every webhook reached the local receiver with a valid signature: at least the final
-    # event of each of the 11 named and 2 discovered tasks (task.started too, when seen running).
+    # event of each of the 11 named and 3 discovered tasks (task.started too, when seen
+    # running), and one backup.missed.
     match = re.search(r"got (\d+) events, (\d+) with a valid Standard Webhooks signature", text)
     assert match is not None
     received, verified = int(match[1]), int(match[2])
     assert received == verified >= 13
-    # The backup policy's two runs were found by discovery, though nobody named them.
+    # The nightly policy's two runs, and app-01's scheduled backup, were found by discovery,
+    # though nobody named them.
     found = re.search(r"Discovery found (\d+) task\(s\) nobody named", text)
     assert found is not None
-    assert int(found[1]) == 2
+    assert int(found[1]) == 3
     discovered_rows = [
         line for line in summary.splitlines() if "backup" in line and "task.succeeded" in line
     ]
-    assert len(discovered_rows) >= 5  # three named backups that succeed, and the two found
+    assert len(discovered_rows) >= 6  # three named backups that succeed, and the three found
+    # Coverage: the server no policy protects was never backed up; app-02's skipped run was
+    # reported as backup.missed, and its webhook arrived.
+    coverage = re.search(
+        r"Coverage: 3 protected resources in 2 vaults, \d+ inventories; never backed up: "
+        r"legacy-01; missed backups: app-02 \(scheduled \d\d:\d\d\) \(backup.missed, "
+        r"1 webhook\(s\) received\)",
+        text,
+    )
+    assert coverage is not None, text
 
 
 @pytest.mark.parametrize("speed", ["0", "-1", "nan", "inf", "-inf", "1e400", "1001", "fast"])

@@ -30,6 +30,8 @@ from tests.test_metrics import finished
 from watcher.clock import RealClock
 from watcher.observe.metrics import Metrics
 from watcher.sim import SimTaskSpec, Simulator
+from watcher.sim.inventory import BackupSpec, ResourceSpec, VaultSpec
+from watcher.sim.policies import PolicySpec
 from watcher.testing import FakeClock
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,6 +39,7 @@ ALERTS = ROOT / "deploy" / "prometheus" / "cbr-watcher-alerts.yml"
 ALERT_TESTS = ROOT / "deploy" / "prometheus" / "cbr-watcher-alerts.test.yml"
 DASHBOARD = ROOT / "deploy" / "grafana" / "cbr-watcher.json"
 TOKEN = "prometheus-test-token"
+COVERED_VAULT = "vault-lint"
 PROMTOOL = shutil.which("promtool")
 PROMETHEUS = shutil.which("prometheus")
 needs_promtool = pytest.mark.skipif(PROMTOOL is None, reason="promtool is not installed")
@@ -118,6 +121,26 @@ def daemon_env(sim: Simulator, base_url: str, task_file: Path, receiver_url: str
         CBR_WATCHER_WATCH__TASK_FILE=str(task_file),
         CBR_WATCHER_WATCH__POLL_INTERVAL_MAX="0.3s",
         CBR_WATCHER_WEBHOOKS=json.dumps([{"name": "ops", "url": receiver_url}]),
+        CBR_WATCHER_COVERAGE__ENABLED="true",
+        CBR_WATCHER_COVERAGE__VAULT_IDS=json.dumps([COVERED_VAULT]),
+    )
+
+
+def stage_inventory(sim: Simulator) -> None:
+    """A vault for coverage: a server with a backup and one without, under a daily policy."""
+    sim.inventory.add_vaults(
+        [
+            VaultSpec(
+                id=COVERED_VAULT,
+                resources=(ResourceSpec(id="ecs-covered"), ResourceSpec(id="ecs-bare")),
+            )
+        ]
+    )
+    sim.inventory.add_backups([BackupSpec("ecs-covered", age=3600.0)])
+    sim.add_policy(
+        PolicySpec(
+            id="p-lint", pattern=("FREQ=DAILY;BYHOUR=3;BYMINUTE=0",), vaults=(COVERED_VAULT,)
+        )
     )
 
 
@@ -125,6 +148,7 @@ def daemon_env(sim: Simulator, base_url: str, task_file: Path, receiver_url: str
 async def live(tmp_path: Path) -> AsyncIterator[tuple[Simulator, DaemonProcess, str, Path]]:
     """A simulator and a webhook receiver on real time, and a daemon watching a task file."""
     sim = Simulator(RealClock(), tokens=[TOKEN], seed=5)
+    stage_inventory(sim)
     task_file = tmp_path / "tasks.txt"
     task_file.write_text("")
     async with sim.running() as base_url, TestReceiver() as receiver:
@@ -331,6 +355,7 @@ async def test_live_scrape_is_lint_clean_and_has_every_metric(
                 and 'cbr_watcher_tasks_finished_total{operation_type="restore",status="failed"} 1.0'
                 in text
                 and 'task_id="lint-running",status="running"} 1' in text
+                and 'cbr_watcher_resource_never_backed_up{resource_id="ecs-bare"' in text
             )
 
         await eventually(settled, "both short tasks to finish and the long one to run")
@@ -365,7 +390,7 @@ async def test_live_scrape_is_lint_clean_and_has_every_metric(
         (s.name, s.labels["operation_type"]): s.value
         for family in text_string_to_metric_families(text)
         for s in family.samples
-        if s.name.startswith("cbr_watcher_resource_last_")
+        if s.name.startswith("cbr_watcher_resource_last_") and s.labels["vault_id"] != COVERED_VAULT
     }
     assert resources == {
         ("cbr_watcher_resource_last_status", "backup"): 1.0,

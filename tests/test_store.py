@@ -299,10 +299,13 @@ async def test_a_version_1_state_file_is_migrated_without_loss(tmp_path: Path) -
         assert await store.tombstones() == set()
         assert await store.get_meta("discovery.cursor") is None
         await store.set_meta("discovery.cursor", "{}")
+        assert await store.inventory_records() == []
+        assert await store.missed_counts() == {}
+        assert await store.checked_until() is None
     finally:
         await store.close()
     db = sqlite3.connect(path)
-    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
     db.close()
     store = await Store.open(str(path))  # a migrated file opens again as it is
     assert await store.get_meta("discovery.cursor") == "{}"

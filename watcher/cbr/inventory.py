@@ -146,6 +146,8 @@ class VaultPage:
     limit: int | None = None
     offset: int | None = None
     malformed: list[Malformed] = field(default_factory=list)
+    returned: int = 0
+    """Entries the page held, readable or not: what the next page's offset moves on by."""
 
 
 @dataclass(slots=True)
@@ -166,6 +168,8 @@ class BackupPage:
     limit: int | None = None
     offset: int | None = None
     malformed: list[Malformed] = field(default_factory=list)
+    returned: int = 0
+    """Entries the page held, readable or not: what the next page's offset moves on by."""
 
 
 class _BadEntry(ValueError):
@@ -381,7 +385,12 @@ def parse_vaults_body(body: object) -> VaultPage:
         if vault is not None:
             vaults.append(vault)
     return VaultPage(
-        vaults, _count(page, "count"), _count(page, "limit"), _count(page, "offset"), malformed
+        vaults,
+        _count(page, "count"),
+        _count(page, "limit"),
+        _count(page, "offset"),
+        malformed,
+        returned=len(items),
     )
 
 
@@ -399,5 +408,10 @@ def parse_backups_body(body: object) -> BackupPage:
     malformed: list[Malformed] = []
     backups = _read_all(items, read_backup, "backups", malformed)
     return BackupPage(
-        backups, _count(page, "count"), _count(page, "limit"), _count(page, "offset"), malformed
+        backups,
+        _count(page, "count"),
+        _count(page, "limit"),
+        _count(page, "offset"),
+        malformed,
+        returned=len(items),
     )

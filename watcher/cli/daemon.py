@@ -12,12 +12,14 @@ from typing import Any
 
 import structlog
 
+from watcher.cbr.client import CbrClient
 from watcher.cli.gc_tuning import GcTuner
 from watcher.cli.outcome import RunScope, give_up_on_auth, log_outcomes
 from watcher.cli.restore import restore
 from watcher.cli.wiring import build_client, build_engine, build_outbox
 from watcher.clock import Clock, RealClock
 from watcher.config import Settings
+from watcher.coverage.coverage import Coverage
 from watcher.delivery.heartbeat import Heartbeat, watcher_health
 from watcher.delivery.recorder import StateRecorder
 from watcher.delivery.webhooks import Deliverer, Receiver
@@ -46,6 +48,8 @@ class DaemonHandle:
     health: Health
     metrics_url: str
     """Where /metrics, /healthz and /readyz are served, e.g. http://127.0.0.1:9471."""
+    coverage: Coverage | None = None
+    """The inventory and missed-backup checks, with `coverage.enabled`."""
 
 
 async def run_daemon(
@@ -113,13 +117,11 @@ async def run_daemon(
         scope.engine = engine
         metrics.attach(engine)
         engine.subscribe(scope.wrap(on_event))
+        coverage = _coverage(settings, client, engine, clock, metrics, recorder, store)
         health.watch_loop(engine)
         health.check("store", lambda: engine.store_failing_since is None)
 
-        await restore(engine, store, now=clock.wall())
-        for operation_type, ended in (await store.last_successes()).items():
-            metrics.restore_last_success(operation_type, ended)
-        metrics.restore_resources(await store.resource_statuses())
+        await _restore_state(engine, store, metrics, coverage, now=clock.wall())
         health.mark("state")
 
         for task_id in settings.watch.tasks:
@@ -165,6 +167,8 @@ async def run_daemon(
                 cursors=store,
             )
             _background(stack, discovery.run(), "discovery")
+        if coverage is not None:
+            _background(stack, coverage.run(), "coverage")
         if engine.exit_when_done and not engine.tasks:
             log.warning("daemon.nothing_to_watch")
         if engine.exit_when_done:
@@ -177,7 +181,7 @@ async def run_daemon(
             max_requests_per_second=settings.watch.max_requests_per_second,
         )
         if started is not None:
-            started(DaemonHandle(engine, metrics, health, metrics_listener.url))
+            started(DaemonHandle(engine, metrics, health, metrics_listener.url, coverage))
 
         # The task table built so far is long-lived: keep full collections off it.
         gc_tuner.after_startup()
@@ -199,6 +203,45 @@ async def run_daemon(
     code = scope.exit_code(outcomes)
     log_outcomes(outcomes, code)
     return code
+
+
+async def _restore_state(
+    engine: Engine, store: Store, metrics: Metrics, coverage: Coverage | None, *, now: float
+) -> None:
+    """Tasks, the restart-proof metrics and coverage's progress, from the state file."""
+    await restore(engine, store, now=now)
+    for operation_type, ended in (await store.last_successes()).items():
+        metrics.restore_last_success(operation_type, ended)
+    metrics.restore_resources(await store.resource_statuses())
+    if coverage is not None:
+        await coverage.restore()
+
+
+def _coverage(
+    settings: Settings,
+    client: CbrClient,
+    engine: Engine,
+    clock: Clock,
+    metrics: Metrics,
+    recorder: StateRecorder,
+    store: Store,
+) -> Coverage | None:
+    """With `coverage.enabled`: coverage wired to the engine's events and the metrics."""
+    if not settings.coverage.enabled:
+        return None
+    coverage = Coverage(
+        api=client,
+        engine=engine,
+        clock=clock,
+        settings=settings.coverage,
+        observer=metrics,
+        record_missed=recorder.record_missed,
+        store=store,
+        max_series=settings.metrics.max_task_series,
+    )
+    engine.subscribe(coverage.on_event)
+    metrics.attach_coverage(coverage)
+    return coverage
 
 
 def _background(

@@ -204,6 +204,24 @@ class WebhookSettings(_Section):
         return self
 
 
+class CoverageSettings(_Section):
+    """`[coverage]`: the inventory of vaults, resources, policies and their newest backups."""
+
+    enabled: bool = False
+    interval: PositiveDuration = 900.0
+    vault_ids: list[FilterValue] = Field(default_factory=list)
+    """The vaults to inventory; empty = every vault of the project."""
+    schedule_grace: PositiveDuration = 3600.0
+    """A scheduled backup not started this long after its time is missed."""
+
+    @field_validator("vault_ids")
+    @classmethod
+    def _no_empty_ids(cls, value: list[str]) -> list[str]:
+        if any(not vault_id for vault_id in value):
+            raise Invalid("expected vault IDs, none of them empty")
+        return list(dict.fromkeys(value))
+
+
 class HeartbeatSettings(_Section):
     """`[heartbeat]`: a dead man's switch for the watcher itself (docs/coverage.md#heartbeat)."""
 
@@ -296,6 +314,7 @@ class Settings(BaseSettings):
     auth: AuthSettings = Field(default_factory=AuthSettings)
     watch: WatchSettings = Field(default_factory=WatchSettings)
     webhooks: list[WebhookSettings] = Field(default_factory=list)
+    coverage: CoverageSettings = Field(default_factory=CoverageSettings)
     heartbeat: HeartbeatSettings = Field(default_factory=HeartbeatSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     server: ServerSettings = Field(default_factory=ServerSettings)

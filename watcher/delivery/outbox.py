@@ -8,7 +8,8 @@ Routing: a receiver gets an event when one of its `events` patterns names the ty
 is a shell-style glob matching it, except `task.progress`, which only a receiver naming it
 exactly gets (`task.*` or `*` do not select it). The body is `watcher.delivery.payloads.event_body`;
 the `webhook-id` is `watcher.delivery.payloads.event_id`, derived from task ID and event type, so a
-restart re-sends the same ID. What receivers see: docs/webhooks.md.
+restart re-sends the same ID (for `backup.missed`: from resource ID and scheduled start). What
+receivers see: docs/webhooks.md.
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from watcher.delivery.payloads import event_body, event_id
-from watcher.engine.events import TASK_PROGRESS, TaskEvent
+from watcher.coverage.missed import BackupMissed
+from watcher.delivery.payloads import event_body, event_id, missed_body, missed_event_id
+from watcher.engine.events import BACKUP_MISSED, TASK_PROGRESS, TaskEvent
 from watcher.state.rows import OutboxEntry
 
 # Only named exactly: a glob such as "task.*" does not select it.
@@ -80,3 +82,22 @@ class Outbox:
     def entries_for(self, events: Sequence[TaskEvent]) -> list[OutboxEntry]:
         """The outbox rows of several events, in event order."""
         return [entry for event in events for entry in self.entries(event)]
+
+    def missed_entries(self, missed: BackupMissed, *, now: float) -> list[OutboxEntry]:
+        """The outbox rows of one `backup.missed` (noticed at `now`)."""
+        receivers = self.receivers_for(BACKUP_MISSED)
+        if not receivers:
+            return []
+        body = missed_body(missed, project_id=self._project_id)
+        webhook_id = missed_event_id(missed)
+        return [
+            OutboxEntry(
+                event_id=webhook_id,
+                receiver=receiver,
+                task_id=missed.subject,
+                event_type=BACKUP_MISSED,
+                body=body,
+                created=now,
+            )
+            for receiver in receivers
+        ]

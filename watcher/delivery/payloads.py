@@ -9,7 +9,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from watcher.cbr.models import OperationLog
+from watcher.coverage.missed import BackupMissed
 from watcher.engine.events import (
+    BACKUP_MISSED,
     TASK_PROGRESS,
     TASK_STARTED,
     TERMINAL_EVENT_FOR_STATUS,
@@ -102,6 +104,36 @@ def event_body(event: TaskEvent, *, project_id: str) -> bytes:
             "type": event.type,
             "timestamp": rfc3339(event_time(event)),
             "data": event_data(event, project_id=project_id),
+        }
+    )
+
+
+def missed_event_id(missed: BackupMissed) -> str:
+    """The `webhook-id` of a `backup.missed`: derived from resource ID and scheduled start, so
+    a restart or another replica announces it under the same ID."""
+    key = f"{missed.resource_id}\n{BACKUP_MISSED}\n{rfc3339(missed.scheduled_at)}"
+    return "evt_" + hashlib.sha256(key.encode()).hexdigest()[:32]
+
+
+def missed_body(missed: BackupMissed, *, project_id: str) -> bytes:
+    """The exact request body of a `backup.missed`."""
+    return _encode(
+        {
+            "type": BACKUP_MISSED,
+            "timestamp": rfc3339(missed.missed_at),
+            "data": {
+                "project_id": project_id,
+                "resource": {
+                    "id": missed.resource_id,
+                    "name": missed.resource_name or None,
+                    "type": missed.resource_type or None,
+                },
+                "vault_id": missed.vault_id,
+                "vault_name": missed.vault_name or None,
+                "policy_id": missed.policy_id,
+                "policy_name": missed.policy_name or None,
+                "scheduled_at": rfc3339(missed.scheduled_at),
+            },
         }
     )
 

@@ -3,7 +3,8 @@
 For every change of a task, `StateRecorder` commits in one transaction: the task's new state,
 one outbox row per (event, receiver that asked for it) as `watcher.delivery.outbox` builds them, and
 the bookkeeping a restart must not lose (the last success per operation type, and each
-resource's freshness). Only then does it wake the deliverer.
+resource's freshness). Only then does it wake the deliverer. Missed backups go the same way:
+their announcements, outbox rows and how far starts were judged, in one commit.
 """
 
 from __future__ import annotations
@@ -13,11 +14,12 @@ from collections.abc import Callable, Collection, Iterable, Sequence
 
 from watcher.coverage import freshness
 from watcher.coverage.freshness import ResourceKey, ResourceStatus
+from watcher.coverage.missed import BackupMissed
 from watcher.delivery.outbox import Outbox
 from watcher.engine.events import TaskEvent
 from watcher.engine.task import WatchedTask
 from watcher.state.records import snapshot
-from watcher.state.rows import LastSuccess, OutboxEntry, TaskRecord
+from watcher.state.rows import LastSuccess, MissedRecord, OutboxEntry, TaskRecord
 from watcher.state.sqlite import Store
 
 UNKNOWN_OPERATION = "unknown"
@@ -59,6 +61,24 @@ class StateRecorder:
             await self._store.save(record, entries, last_success=last_success_of(record))
         if entries and self._wake is not None:
             self._wake({entry.receiver for entry in entries})
+
+    async def record_missed(
+        self, missed: Sequence[BackupMissed], *, checked_until: float, now: float
+    ) -> int:
+        """Commit `backup.missed` events (skipping any announced before) with their outbox
+        rows and how far scheduled starts were judged; returns how many were new."""
+        items = [
+            (
+                MissedRecord(m.resource_id, m.scheduled_at, m.vault_id, m.policy_id, now),
+                self._outbox.missed_entries(m, now=now) if self._outbox is not None else [],
+            )
+            for m in missed
+        ]
+        new = await self._store.record_missed(items, checked_until=checked_until)
+        receivers = {entry.receiver for _, entries in items for entry in entries}
+        if new and receivers and self._wake is not None:
+            self._wake(receivers)
+        return new
 
     async def forget(self, task_id: str, removed_wall: float) -> None:
         """The engine's TaskForgetter: drop the task's row and keep a tombstone (its

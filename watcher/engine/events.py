@@ -1,4 +1,5 @@
-"""Events the engine produces when a watched task changes (SPEC §5)."""
+"""Events the engine produces when a watched task changes, and the names of every event type
+(docs/webhooks.md); `backup.missed` comes from coverage (`watcher.coverage.missed`)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ TASK_TIMED_OUT = "task.timed_out"
 TASK_SKIPPED = "task.skipped"
 WATCH_NOT_FOUND = "watch.not_found"
 WATCH_EXPIRED = "watch.expired"
+BACKUP_MISSED = "backup.missed"
 TEST_PING = "test.ping"
 
 EVENT_TYPES = (
@@ -27,6 +29,7 @@ EVENT_TYPES = (
     TASK_SKIPPED,
     WATCH_NOT_FOUND,
     WATCH_EXPIRED,
+    BACKUP_MISSED,
     TEST_PING,
 )
 

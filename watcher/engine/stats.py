@@ -7,11 +7,13 @@ from dataclasses import dataclass, field
 
 from watcher.engine import schedule
 
-LIST_COMPONENTS = ("refresh", "discovery")
-"""Who lists operation logs: the refresh sweep and discovery."""
-INTERNAL_COMPONENTS = ("poll", "store", "events", "engine")
+LIST_COMPONENTS = ("refresh", "discovery", "coverage")
+"""Who lists operation logs: the refresh sweep, discovery, and coverage (confirming a missed
+backup)."""
+INTERNAL_COMPONENTS = ("poll", "store", "events", "engine", "coverage")
 """Where an unexpected exception can be caught and survived (`EngineStats.internal_errors`):
-a poll (client or answer handling), a state write, an event subscriber, the scheduler loop."""
+a poll (client or answer handling), a state write, an event subscriber, the scheduler loop,
+coverage (inventory and missed-backup checks)."""
 
 
 @dataclass(slots=True)

@@ -36,20 +36,17 @@ from datetime import UTC, datetime
 from itertools import islice, pairwise
 from typing import Protocol
 
-from dateutil.rrule import rruleset, rrulestr
-
 from watcher.cbr.ids import validate_task_id
+from watcher.coverage.schedule import MAX_RULES as MAX_PATTERNS
+from watcher.coverage.schedule import RULE_EXPECTATIONS, RULE_VALUES, dtstart_of, rule_set
 from watcher.sim.tasks import NAME_PREFIX, STYLES, SimTask, SimTaskSpec, random_uuid, realize
 
 MAX_RESOURCES = 100_000
 # A clock jumping years ahead must not make a policy build millions of tasks in one request.
 MAX_TASKS_PER_POLICY = 250_000
-MAX_PATTERNS = 24
 MIN_PATTERN_GAP = 3600.0
 # How far `at` (a skip's occurrence) is looked for: ten years of hourly runs.
 MAX_RUN_LOOKAHEAD = 100_000
-MAX_INTERVAL = 100
-_WEEKDAYS = frozenset({"MO", "TU", "WE", "TH", "FR", "SA", "SU"})
 # Where a pattern's gaps are checked: a Monday at midnight, over its first runs.
 _GAP_CHECK_START = datetime(2024, 1, 1, tzinfo=UTC)
 _GAP_CHECK_RUNS = 400
@@ -77,49 +74,16 @@ def _checked_rule(rule: object) -> str:
     parts: dict[str, str] = {}
     for part in rule.split(";"):
         key, _, value = part.partition("=")
-        if key not in _PATTERN_VALUES or key in parts:
-            known = ", ".join(_PATTERN_VALUES)
+        if key not in RULE_VALUES or key in parts:
+            known = ", ".join(RULE_VALUES)
             raise ValueError(f"{rule!r}: expected KEY=VALUE parts, each key once, of {known}")
         parts[key] = value
     for key, value in parts.items():
-        if not _PATTERN_VALUES[key](value):
-            raise ValueError(f"{rule!r}: {key}={value} is not {_PATTERN_RULES[key]}")
+        if not RULE_VALUES[key](value):
+            raise ValueError(f"{rule!r}: {key}={value} is not {RULE_EXPECTATIONS[key]}")
     if "FREQ" not in parts:
         raise ValueError(f"{rule!r}: FREQ is required")
     return rule
-
-
-def _numbers(low: int, high: int) -> Callable[[str], bool]:
-    def check(value: str) -> bool:
-        items = value.split(",")
-        return all(item.isascii() and item.isdigit() and len(item) <= 3 for item in items) and all(
-            low <= int(item) <= high for item in items
-        )
-
-    return check
-
-
-# What CBR accepts in a pattern, and what each key's value may be.
-_PATTERN_VALUES: dict[str, Callable[[str], bool]] = {
-    "FREQ": lambda value: value in ("DAILY", "WEEKLY"),
-    "INTERVAL": _numbers(1, MAX_INTERVAL),
-    "BYDAY": lambda value: bool(value) and set(value.split(",")) <= _WEEKDAYS,
-    "BYHOUR": _numbers(0, 23),
-    "BYMINUTE": _numbers(0, 59),
-}
-_PATTERN_RULES = {
-    "FREQ": "DAILY or WEEKLY",
-    "INTERVAL": f"a whole number from 1 to {MAX_INTERVAL}",
-    "BYDAY": "days among MO, TU, WE, TH, FR, SA, SU",
-    "BYHOUR": "hours from 0 to 23",
-    "BYMINUTE": "minutes from 0 to 59",
-}
-
-
-def rule_set(patterns: Sequence[str], dtstart: datetime) -> rruleset:
-    """Every rule of a pattern as one set of UTC start times, DTSTART `dtstart`."""
-    lines = "\n".join(f"RRULE:{pattern}" for pattern in patterns)
-    return rrulestr(lines, dtstart=dtstart, forceset=True)
 
 
 @dataclass(frozen=True)
@@ -499,7 +463,7 @@ class _PatternStarts:
 
     def __init__(self, patterns: Sequence[str], start_wall: float) -> None:
         start = datetime.fromtimestamp(start_wall, UTC)
-        rules = rule_set(patterns, start.replace(second=0, microsecond=0))
+        rules = rule_set(patterns, dtstart_of(start))
         self._pending: Iterator[datetime] = rules.xafter(start, inc=True)
         self._times: list[float] = []
 

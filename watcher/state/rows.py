@@ -80,3 +80,28 @@ class LastSuccess:
 
     operation_type: str
     ended: float
+
+
+@dataclass(frozen=True, slots=True)
+class InventoryRecord:
+    """A resource the coverage inventory has seen (see `Store.save_inventory`)."""
+
+    resource_id: str
+    first_seen: float
+    """Wall seconds of the inventory that first listed it: earlier starts are not judged."""
+    asked: float | None = None
+    """When ListBackups last answered about it (None: not yet)."""
+    backed_up: bool | None = None
+    newest_backup: float | None = None
+    """`created_at` of its newest available backup, as that answer said."""
+
+
+@dataclass(frozen=True, slots=True)
+class MissedRecord:
+    """One `backup.missed` announced: a resource and a scheduled start."""
+
+    resource_id: str
+    scheduled_at: float
+    vault_id: str
+    policy_id: str
+    announced: float

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Final
 
-SCHEMA_VERSION: Final = 2
+SCHEMA_VERSION: Final = 3
 
 MIGRATIONS: Final[Mapping[int, Sequence[str]]] = {
     1: (
@@ -81,6 +81,33 @@ MIGRATIONS: Final[Mapping[int, Sequence[str]]] = {
         """CREATE TABLE tombstones (
             task_id TEXT PRIMARY KEY,
             removed REAL NOT NULL
+        )""",
+    ),
+    3: (
+        # Coverage: every resource the inventory has seen, since when, and what ListBackups
+        # said of its newest available backup (so a restart does not ask again).
+        """CREATE TABLE inventory_resources (
+            resource_id TEXT PRIMARY KEY,
+            first_seen REAL NOT NULL,
+            asked REAL,
+            backed_up INTEGER,
+            newest_backup REAL
+        )""",
+        # Every backup.missed announced, so none is announced twice (pruned after a week).
+        """CREATE TABLE missed_backups (
+            resource_id TEXT NOT NULL,
+            scheduled_at REAL NOT NULL,
+            vault_id TEXT NOT NULL,
+            policy_id TEXT NOT NULL,
+            announced REAL NOT NULL,
+            PRIMARY KEY (resource_id, scheduled_at)
+        )""",
+        # cbr_watcher_resource_missed_backups_total, kept across restarts.
+        """CREATE TABLE missed_counts (
+            resource_id TEXT NOT NULL,
+            vault_id TEXT NOT NULL,
+            missed INTEGER NOT NULL,
+            PRIMARY KEY (resource_id, vault_id)
         )""",
     ),
 }

@@ -9,6 +9,7 @@ delivered (see `watcher.delivery.recorder`). The file is opened, locked and migr
 from __future__ import annotations
 
 import json
+import math
 import sqlite3
 import time
 from collections.abc import Iterable, Sequence
@@ -17,8 +18,17 @@ from typing import Any
 from watcher.coverage.freshness import ResourceKey, ResourceStatus
 from watcher.safetext import clean
 from watcher.state.connection import Connection, transaction
-from watcher.state.rows import DeadLetter, LastSuccess, OutboxEntry, PendingDelivery, TaskRecord
+from watcher.state.rows import (
+    DeadLetter,
+    InventoryRecord,
+    LastSuccess,
+    MissedRecord,
+    OutboxEntry,
+    PendingDelivery,
+    TaskRecord,
+)
 
+CHECKED_UNTIL_KEY = "coverage.checked_until"
 _TASK_COLUMNS = (
     "task_id, labels, source, status, progress, raw, first_seen, started,"
     " last_change, last_progress, ended, end_reason"
@@ -149,6 +159,139 @@ class Store:
             )
             for row in rows
         ]
+
+    # ---- coverage ---------------------------------------------------------------------------
+
+    async def inventory_records(self) -> list[InventoryRecord]:
+        """Every resource the coverage inventory has seen and not seen leave."""
+        rows = await self._connection.run(
+            lambda: self._db.execute(
+                "SELECT resource_id, first_seen, asked, backed_up, newest_backup"
+                " FROM inventory_resources ORDER BY resource_id"
+            ).fetchall()
+        )
+        return [
+            InventoryRecord(
+                str(row[0]),
+                float(row[1]),
+                None if row[2] is None else float(row[2]),
+                None if row[3] is None else bool(row[3]),
+                None if row[4] is None else float(row[4]),
+            )
+            for row in rows
+        ]
+
+    async def save_inventory(
+        self, records: Iterable[InventoryRecord], *, removed: Iterable[str] = ()
+    ) -> None:
+        """Store what the inventory learned of `records` (replacing what was stored for them)
+        and forget the `removed` resources: their inventory rows, freshness rows and missed
+        counts, in one transaction."""
+        upserts = [
+            (
+                clean(r.resource_id),
+                r.first_seen,
+                r.asked,
+                None if r.backed_up is None else int(r.backed_up),
+                r.newest_backup,
+            )
+            for r in records
+        ]
+        gone = [(clean(resource_id),) for resource_id in removed]
+
+        def write(db: sqlite3.Connection) -> None:
+            db.executemany(
+                "INSERT INTO inventory_resources"
+                " (resource_id, first_seen, asked, backed_up, newest_backup)"
+                " VALUES (?, ?, ?, ?, ?) ON CONFLICT (resource_id) DO UPDATE SET"
+                " first_seen=excluded.first_seen, asked=excluded.asked,"
+                " backed_up=excluded.backed_up, newest_backup=excluded.newest_backup",
+                upserts,
+            )
+            db.executemany("DELETE FROM inventory_resources WHERE resource_id = ?", gone)
+            db.executemany("DELETE FROM resource_status WHERE resource_id = ?", gone)
+            db.executemany("DELETE FROM missed_counts WHERE resource_id = ?", gone)
+
+        await self._connection.write(write)
+
+    async def record_missed(
+        self,
+        missed: Iterable[tuple[MissedRecord, Sequence[OutboxEntry]]],
+        *,
+        checked_until: float,
+        keep: float = 7 * 86_400.0,
+    ) -> int:
+        """Announce missed backups, each with its outbox rows, and store the point up to
+        which starts were judged, in one transaction. A (resource, start) already announced
+        is skipped, outbox rows and all; each new one adds 1 to its resource's count.
+        Announcements of starts older than `keep` before `checked_until` are pruned. Returns
+        how many were new."""
+        items = [(row, list(entries)) for row, entries in missed]
+        new = 0
+
+        def write(db: sqlite3.Connection) -> None:
+            nonlocal new
+            new = 0
+            for row, entries in items:
+                cursor = db.execute(
+                    "INSERT OR IGNORE INTO missed_backups"
+                    " (resource_id, scheduled_at, vault_id, policy_id, announced)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    (
+                        clean(row.resource_id),
+                        row.scheduled_at,
+                        clean(row.vault_id),
+                        clean(row.policy_id),
+                        row.announced,
+                    ),
+                )
+                if cursor.rowcount != 1:
+                    continue
+                new += 1
+                db.execute(
+                    "INSERT INTO missed_counts (resource_id, vault_id, missed)"
+                    " VALUES (?, ?, 1) ON CONFLICT (resource_id, vault_id) DO UPDATE"
+                    " SET missed = missed + 1",
+                    (clean(row.resource_id), clean(row.vault_id)),
+                )
+                _insert_outbox(db, entries)
+            db.execute(
+                "INSERT INTO meta (key, value) VALUES (?, ?)"
+                " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (CHECKED_UNTIL_KEY, repr(checked_until)),
+            )
+            db.execute("DELETE FROM missed_backups WHERE scheduled_at < ?", (checked_until - keep,))
+
+        await self._connection.write(write)
+        return new
+
+    async def missed_since(self, since: float) -> set[tuple[str, float]]:
+        """(resource ID, scheduled start) of every announcement of a start after `since`."""
+        rows = await self._connection.run(
+            lambda: self._db.execute(
+                "SELECT resource_id, scheduled_at FROM missed_backups WHERE scheduled_at > ?",
+                (since,),
+            ).fetchall()
+        )
+        return {(str(row[0]), float(row[1])) for row in rows}
+
+    async def missed_counts(self) -> dict[tuple[str, str], int]:
+        """Missed backups announced per (resource ID, vault ID), for the restart-proof counter."""
+        rows = await self._connection.run(
+            lambda: self._db.execute(
+                "SELECT resource_id, vault_id, missed FROM missed_counts"
+            ).fetchall()
+        )
+        return {(str(row[0]), str(row[1])): int(row[2]) for row in rows}
+
+    async def checked_until(self) -> float | None:
+        """Up to when scheduled starts were judged (None: never)."""
+        raw = await self.get_meta(CHECKED_UNTIL_KEY)
+        try:
+            value = float(raw) if raw is not None else None
+        except ValueError:
+            return None
+        return value if value is not None and math.isfinite(value) else None
 
     # ---- discovery ----------------------------------------------------------------------------
 

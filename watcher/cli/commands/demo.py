@@ -3,16 +3,20 @@
 Ten simulated CBR tasks (backups, a restore, a replication, a sync, deletions) with every
 terminal status, a task that is not visible at first, a mistyped ID, and injected 5xx, 429 and
 malformed answers; plus a backup policy that starts backups of two servers nobody names, which
-discovery finds through ListOpLogs. The demo prints each event as the engine emits it
-and ends with a summary.
+discovery finds through ListOpLogs. Coverage is on: the scenario's vaults hold a server no
+policy protects and that was never backed up, and a daily policy (its RRULE names the minute
+after the start) that skips one server, which the daemon reports as `backup.missed`. The demo
+prints each event as the engine emits it and ends with a summary.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import sys
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import TextIO
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -25,6 +29,7 @@ from watcher.engine.engine import Engine
 from watcher.engine.events import TASK_FAILED, TASK_PROGRESS, TaskEvent
 from watcher.observe.logs import configure_logging
 from watcher.sim import PolicySpec, Simulator
+from watcher.sim.policies import PolicySkip
 from watcher.sim.scenario import builtin_scenario
 
 MISTYPED_TASK_ID = "backup-ecs-0O11"
@@ -41,6 +46,25 @@ POLICY = PolicySpec(
     runs=1,
 )
 """A backup policy: its backups are started by CBR, and only discovery can find them."""
+COVERAGE_GRACE = 120.0
+"""`coverage.schedule_grace` in the demo: a start is missed two simulated minutes after it."""
+SKIPPED_RESOURCE = "app-02"
+
+
+def coverage_policy(start_wall: float) -> PolicySpec:
+    """A daily backup of the scenario's `vault-app` at the first whole minute at least 45 s
+    after the start (UTC), whose first run skips SKIPPED_RESOURCE: a missed backup."""
+    at = datetime.fromtimestamp(math.ceil((start_wall + 45) / 60) * 60, UTC)
+    return PolicySpec(
+        id="policy-app-daily",
+        name="app daily",
+        pattern=(f"FREQ=DAILY;BYHOUR={at.hour};BYMINUTE={at.minute}",),
+        vaults=("vault-app",),
+        skip=(PolicySkip(SKIPPED_RESOURCE, run=0),),
+        duration=90.0,
+        duration_sigma=0.0,
+        waiting=5.0,
+    )
 
 
 @dataclass
@@ -110,6 +134,7 @@ async def run_demo(*, speed: float = 20.0, out: TextIO | None = None) -> int:
     report = DemoReport(clock=clock, start_wall=clock.wall(), out=stream)
     task_ids = [*sim.tasks, MISTYPED_TASK_ID]
     sim.add_policy(POLICY)
+    sim.add_policy(coverage_policy(clock.wall()))
     handles: list[DaemonHandle] = []
 
     def on_started(handle: DaemonHandle) -> None:
@@ -135,6 +160,11 @@ async def run_demo(*, speed: float = 20.0, out: TextIO | None = None) -> int:
                     ],
                     "discover_interval": "15s",
                 },
+                "coverage": {
+                    "enabled": True,
+                    "interval": "1m",
+                    "schedule_grace": f"{COVERAGE_GRACE:g}s",
+                },
                 "log": {"level": "error", "format": "console"},
                 "state": {"path": ":memory:"},
                 "server": {"listen": "127.0.0.1:0", "api_listen": ""},
@@ -143,7 +173,7 @@ async def run_demo(*, speed: float = 20.0, out: TextIO | None = None) -> int:
                         "name": "demo-receiver",
                         "url": receiver.url,
                         "secret": receiver.secret,
-                        "events": ["task.*", "watch.*"],
+                        "events": ["task.*", "watch.*", "backup.*"],
                         # Simulated time runs fast; keep a slow real answer from looking lost.
                         "timeout": f"{max(15.0, speed * 2):g}s",
                     }
@@ -165,6 +195,7 @@ async def run_demo(*, speed: float = 20.0, out: TextIO | None = None) -> int:
             with contextlib.suppress(asyncio.CancelledError):
                 await ticker
     _print_summary(report, sim, handles[0].engine)
+    _print_coverage(report, handles[0])
     _print_metrics(report.out, handles[0])
     return 0
 
@@ -204,10 +235,14 @@ def _print_summary(report: DemoReport, sim: Simulator, engine: Engine) -> None:
         f"task answers; budget {engine.budget.rate:g} requests per simulated second; "
         f"p99 scheduling lag {p99:.2f} simulated s\n"
     )
-    discovered = [tid for tid, task in engine.tasks.items() if task.source == "discover"]
+    found = {tid: task for tid, task in engine.tasks.items() if task.source == "discover"}
+    policies = sorted(
+        {str(t.operation_log.raw.get("policy_id")) for t in found.values() if t.operation_log}
+    )
     out.write(
-        f"  Discovery found {len(discovered)} task(s) nobody named, started by backup policy "
-        f"{POLICY.id!r}: {', '.join(discovered) or 'none'} (labels found_by=discovery).\n"
+        f"  Discovery found {len(found)} task(s) nobody named, started by backup policies "
+        f"{', '.join(map(repr, policies)) or 'none'}: {', '.join(found) or 'none'} "
+        "(labels found_by=discovery).\n"
     )
     if report.receiver is not None:
         received = report.receiver.received
@@ -228,6 +263,36 @@ def _print_summary(report: DemoReport, sim: Simulator, engine: Engine) -> None:
         f"mistyped ID {MISTYPED_TASK_ID!r}.\n"
     )
     out.flush()
+
+
+def _print_coverage(report: DemoReport, handle: DaemonHandle) -> None:
+    """What the inventory showed: protected resources, never backed up, missed backups."""
+    coverage = handle.coverage
+    if coverage is None or coverage.inventory is None:
+        report.out.write("  Coverage: no inventory completed.\n")
+        return
+    body, _ = handle.metrics.render()
+    never: list[str] = []
+    for family in text_string_to_metric_families(body.decode()):
+        for sample in family.samples:
+            if sample.name == "cbr_watcher_resource_never_backed_up" and sample.value == 1:
+                never.append(sample.labels["resource_id"])
+    inventory = coverage.inventory
+    names = {r.id: r.name or r.id for r in inventory.resources.values()}
+    hooks = [h for h in (report.receiver.received if report.receiver else [])]
+    missed_hooks = {h.webhook_id for h in hooks if h.event_type == "backup.missed"}
+    missed = sorted(coverage.announced, key=lambda key: key[1])
+    missed_text = ", ".join(
+        f"{names.get(resource_id, resource_id)} (scheduled {report.since_start(at)})"
+        for resource_id, at in missed
+    )
+    report.out.write(
+        f"  Coverage: {len(inventory.resources)} protected resources in "
+        f"{len(inventory.vault_ids)} vaults, {coverage.inventories} inventories; never backed "
+        f"up: {', '.join(sorted(names.get(r, r) for r in never)) or 'none'}; missed backups: "
+        f"{missed_text or 'none'} (backup.missed, {len(missed_hooks)} webhook(s) received).\n"
+    )
+    report.out.flush()
 
 
 def _print_metrics(out: TextIO, handle: DaemonHandle) -> None:

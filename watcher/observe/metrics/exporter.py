@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
@@ -10,6 +11,7 @@ from prometheus_client.exposition import choose_encoder
 from watcher import __version__
 from watcher.clock import Clock
 from watcher.coverage.freshness import ResourceStatus, from_event
+from watcher.coverage.view import CoverageView
 from watcher.engine.events import TaskEvent
 from watcher.engine.schedule import Reason
 from watcher.engine.stats import INTERNAL_COMPONENTS, LIST_COMPONENTS
@@ -22,6 +24,7 @@ from watcher.observe.metrics.constants import (
     WEBHOOK_OUTCOMES,
     WEBHOOK_RESULTS,
 )
+from watcher.observe.metrics.coverage import CoverageRenderer
 from watcher.observe.metrics.instruments import Instruments
 from watcher.observe.metrics.resources import ResourceBook, ResourceRenderer
 from watcher.observe.metrics.task_render import TaskRenderer
@@ -29,6 +32,14 @@ from watcher.observe.metrics.task_rows import TaskSelector, TaskSnapshot, TaskTa
 from watcher.safetext import clean
 
 OPENMETRICS = "application/openmetrics-text; version=1.0.0"
+
+
+class CoverageSource(Protocol):
+    """What the coverage families are read from (`watcher.coverage.coverage.Coverage`)."""
+
+    def view(self, now: float) -> CoverageView:
+        """The coverage rows at `now`."""
+        ...
 
 
 class Metrics(Instruments):
@@ -105,6 +116,8 @@ class Metrics(Instruments):
         )
         self._task_renderer = TaskRenderer()
         self._resource_renderer = ResourceRenderer()
+        self._coverage: CoverageSource | None = None
+        self._coverage_renderer = CoverageRenderer()
 
     @property
     def retention(self) -> float:
@@ -127,10 +140,17 @@ class Metrics(Instruments):
         """The attached engine, if any."""
         return self._table
 
+    def attach_coverage(self, source: CoverageSource) -> None:
+        """Export the coverage families from `source` from now on."""
+        self._coverage = source
+
     def snapshot(self) -> TaskSnapshot:
-        """Copy what one scrape exports out of the task table and the resource rows. Call it
-        on the event loop: that is where they change, so the copy is consistent."""
-        return self._selector.capture(self._table, self._clock.wall(), self._resources.rows())
+        """Copy what one scrape exports out of the task table, the resource rows and the
+        coverage view. Call it on the event loop: that is where they change, so the copy is
+        consistent."""
+        wall = self._clock.wall()
+        coverage = self._coverage.view(wall) if self._coverage is not None else None
+        return self._selector.capture(self._table, wall, self._resources.rows(), coverage)
 
     def render(self, accept: str = "", snapshot: TaskSnapshot | None = None) -> tuple[bytes, str]:
         """(body, content type) for an `Accept` header: OpenMetrics when asked, else text 0.0.4.
@@ -144,11 +164,14 @@ class Metrics(Instruments):
         snapshot = self._selector.prepare(snapshot)
         tasks = self._task_renderer.render(snapshot, openmetrics=openmetrics)
         resources = self._resource_renderer.render(snapshot.resources, openmetrics=openmetrics)
+        coverage = self._coverage_renderer.render(
+            snapshot.coverage, snapshot.resources, openmetrics=openmetrics
+        )
         rest = encoder(self._base)
         if openmetrics:
             rest = rest.removesuffix(EOF)
-            return b"".join((rest, tasks, resources, EOF)), content_type
-        return b"".join((rest, tasks, resources)), content_type
+            return b"".join((rest, tasks, resources, coverage, EOF)), content_type
+        return b"".join((rest, tasks, resources, coverage)), content_type
 
     # ---- engine events ------------------------------------------------------------------------
 
@@ -179,6 +202,24 @@ class Metrics(Instruments):
         Merged with what is known by the same rules as finished tasks, so the order of
         restoring and recording does not matter."""
         self._resources.restore(rows)
+
+    # ---- coverage (a `watcher.coverage.coverage.CoverageObserver`) ---------------------------
+
+    def seed_resource(self, status: ResourceStatus) -> None:
+        """A resource's last success, learned from its newest backup (no last status)."""
+        self._resources.record(status)
+
+    def retain_resources(self, keep: Callable[[ResourceStatus], bool]) -> list[str]:
+        """Drop the freshness rows `keep` refuses; returns their resource IDs."""
+        return self._resources.retain(keep)
+
+    def count_inventory_skipped(self, kind: str) -> None:
+        """One inventory entry left out, of `kind`."""
+        self.inventory_skipped.labels(kind).inc()
+
+    def count_resources_dropped(self, count: int) -> None:
+        """Protected resources newly left out of the coverage series by the cap."""
+        self.resource_series_dropped.inc(count)
 
     # ---- CBR client -------------------------------------------------------------------------
 

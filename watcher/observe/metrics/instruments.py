@@ -13,6 +13,7 @@ from prometheus_client import (
     ProcessCollector,
 )
 
+from watcher.coverage.inventory import PROBLEM_KINDS
 from watcher.observe.metrics.constants import (
     API_CODES,
     API_DURATION_BUCKETS,
@@ -154,9 +155,18 @@ class Instruments:
             "resources already have series (each resource counted once).",
             registry=registry,
         )
+        self.inventory_skipped = Counter(
+            PREFIX + "inventory_entries_skipped",
+            "Inventory entries left out because they could not be read or used, by kind "
+            "(vault, resource, policy, schedule, backup); each counted once.",
+            ["kind"],
+            registry=registry,
+        )
         self._precreate()
 
     def _precreate(self) -> None:
+        for kind in PROBLEM_KINDS:
+            self.inventory_skipped.labels(kind)
         for op_type in PRECREATED_OPERATION_TYPES:
             for status in FINISHED_STATUSES:
                 self.tasks_finished.labels(status, op_type)

@@ -62,6 +62,17 @@ class ResourceBook:
             self._rows[key] = merged
             self._frozen = None
 
+    def retain(self, keep: Callable[[ResourceStatus], bool]) -> list[str]:
+        """Drop every row `keep` refuses (a resource unbound from its vault); returns the IDs
+        of the resources that lost rows."""
+        gone = [key for key, row in self._rows.items() if not keep(row)]
+        for key in gone:
+            del self._rows[key]
+            self._dropped.discard(key)
+        if gone:
+            self._frozen = None
+        return sorted({key.resource_id for key in gone})
+
     def restore(self, rows: Iterable[ResourceStatus]) -> None:
         """Fold rows from the state database in; over the cap, the most recently ended win."""
         for row in sorted(rows, key=lambda row: row.last_ended, reverse=True):
@@ -126,5 +137,6 @@ class ResourceRenderer:
             labels = _label_text(row)
             if row.last_success_ended is not None:
                 success_lines.append(f"{LAST_SUCCESS.name}{labels} {row.last_success_ended!r}\n")
-            status_lines.append(f"{LAST_STATUS.name}{labels} {1 if row.succeeded else 0}\n")
+            if row.last_status:  # a row seeded from a backup has no finished task yet
+                status_lines.append(f"{LAST_STATUS.name}{labels} {1 if row.succeeded else 0}\n")
         return "".join(success_lines).encode(), "".join(status_lines).encode()

@@ -14,6 +14,7 @@ from typing import NamedTuple, Protocol
 
 from watcher.cbr.models import TERMINAL_STATUSES, OperationLog
 from watcher.coverage.freshness import ResourceStatus
+from watcher.coverage.view import CoverageView
 from watcher.observe.metrics.constants import UNKNOWN
 from watcher.observe.metrics.text import info_labels
 
@@ -83,6 +84,8 @@ class TaskSnapshot(NamedTuple):
     `rows` and `counts` (off the loop)."""
     wall: float = 0.0
     """Wall-clock seconds when the snapshot was taken (retention is judged against it)."""
+    coverage: CoverageView | None = None
+    """The coverage rows (None: coverage is off)."""
 
 
 def task_status_label(task: TaskView) -> str:
@@ -159,12 +162,16 @@ class TaskSelector:
         self._by_view: dict[str, tuple[TaskView, str, TaskRow | None]] = {}
 
     def capture(
-        self, table: TaskTable | None, wall: float, resources: tuple[ResourceStatus, ...]
+        self,
+        table: TaskTable | None,
+        wall: float,
+        resources: tuple[ResourceStatus, ...],
+        coverage: CoverageView | None = None,
     ) -> TaskSnapshot:
         """The snapshot of `table` now (references only); call it on the event loop."""
         if table is None:
-            return TaskSnapshot([], {}, resources, wall=wall)
-        return TaskSnapshot([], {}, resources, tuple(table.tasks.values()), wall)
+            return TaskSnapshot([], {}, resources, wall=wall, coverage=coverage)
+        return TaskSnapshot([], {}, resources, tuple(table.tasks.values()), wall, coverage)
 
     def prepare(self, snapshot: TaskSnapshot) -> TaskSnapshot:
         """`snapshot` with its rows and counts filled in; safe in a worker thread."""
