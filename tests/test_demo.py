@@ -56,6 +56,20 @@ async def test_demo_shows_every_outcome_and_a_summary() -> None:
     assert coverage is not None, text
 
 
+async def test_the_demos_failed_backup_is_noticed_within_list_interval() -> None:
+    """At the demo's own speed (20×), backup-ecs-0003 fails mid-run at 57 % — an end no
+    estimate foresees — and the refresh sweep sees it within `list_interval` (10 s, plus 2
+    simulated seconds for a loaded machine: 100 ms of real time)."""
+    out = io.StringIO()
+    assert await run_demo(out=out) == 0
+    summary = out.getvalue().split("\nSummary\n", 1)[1]
+    row = next(line for line in summary.splitlines() if "backup-ecs-0003" in line)
+    assert "task.failed" in row
+    delay = re.search(r"\d\d:\d\d\s+\d\d:\d\d\s+(\d+)s", row)
+    assert delay is not None, row
+    assert int(delay[1]) <= 10 + 2
+
+
 @pytest.mark.parametrize("speed", ["0", "-1", "nan", "inf", "-inf", "1e400", "1001", "fast"])
 def test_demo_refuses_a_speed_that_cannot_work(
     speed: str, capsys: pytest.CaptureFixture[str]

@@ -150,8 +150,6 @@ async def run_demo(*, speed: float = 20.0, out: TextIO | None = None) -> int:
                 "auth": {"method": "token", "token": scenario.tokens[0]},
                 "watch": {
                     "tasks": task_ids,
-                    "poll_interval_min": "5s",
-                    "poll_interval_max": "30s",
                     "not_found_grace": "2m",
                     "deadline": "1h",
                     "exit_when_done": True,
