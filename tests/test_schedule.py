@@ -6,8 +6,8 @@ import random
 
 import pytest
 
+from watcher.backoff import full_jitter
 from watcher.engine import schedule
-from watcher.engine.backoff import full_jitter
 from watcher.engine.schedule import Policy, PollState, Reason
 
 POLICY = Policy(interval_min=5.0, interval_max=60.0, deadline=3600.0, not_found_grace=120.0)
@@ -139,7 +139,7 @@ def test_transient_errors_do_not_restart_the_not_found_grace() -> None:
 
 @pytest.mark.parametrize("streak", [0, 1, 3, 7, 80])
 def test_every_backoff_is_the_one_full_jitter_rule(streak: int) -> None:
-    """Errors, 429s, 404s and quiet polls draw exactly what `watcher.engine.backoff.full_jitter`
+    """Errors, 429s, 404s and quiet polls draw exactly what `watcher.backoff.full_jitter`
     draws for the same attempt and random stream: one rule, floored at poll_interval_min."""
 
     def expected(attempt: int) -> float:

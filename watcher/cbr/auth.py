@@ -24,7 +24,7 @@ from typing import Protocol
 
 from yarl import URL
 
-from watcher.config.filevalue import FileValue
+from watcher.filevalue import FileValue
 from watcher.redaction import redact_text
 from watcher.safetext import has_surrogates
 

@@ -25,9 +25,9 @@ import aiohttp
 import structlog
 from yarl import URL
 
+from watcher.backoff import capped_exponential
 from watcher.cbr.auth import CredentialsUnavailableError, SecretSource
 from watcher.clock import Clock
-from watcher.engine.backoff import capped_exponential
 from watcher.net.client import USER_AGENT
 from watcher.redaction import redact_text
 

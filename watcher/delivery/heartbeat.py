@@ -20,8 +20,8 @@ import structlog
 
 from watcher.clock import Clock
 from watcher.config import HeartbeatSettings
-from watcher.config.filevalue import FileValue
 from watcher.config.types import CONTROL, is_http_url
+from watcher.filevalue import FileValue
 from watcher.net.client import USER_AGENT
 from watcher.redaction import redact_text, redact_token_url
 

@@ -23,11 +23,11 @@ from typing import Protocol
 import aiohttp
 import structlog
 
+from watcher.backoff import full_jitter
 from watcher.clock import Clock
 from watcher.config import WebhookSettings
-from watcher.config.filevalue import FileValue
 from watcher.delivery.signing import parse_whsec, sign
-from watcher.engine.backoff import full_jitter
+from watcher.filevalue import FileValue
 from watcher.net.client import USER_AGENT, parse_retry_after
 from watcher.state.rows import PendingDelivery
 from watcher.state.sqlite import Store

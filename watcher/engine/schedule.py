@@ -25,7 +25,7 @@ only brings a look forward near a predicted end:
 Tasks without progress: after a quiet look the next delay is drawn from
 [poll_interval_min, cap], the cap doubling with every quiet look ("full jitter", so tasks
 added together spread out); a change of status or progress drops it back. Errors and
-throttling grow their own cap the same way (`watcher.engine.backoff.full_jitter`); a
+throttling grow their own cap the same way (`watcher.backoff.full_jitter`); a
 Retry-After is a floor under the backoff (itself capped); nothing is scheduled past the
 task's deadline.
 """
@@ -36,8 +36,8 @@ import random
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
+from watcher.backoff import capped_exponential, full_jitter
 from watcher.engine import estimator
-from watcher.engine.backoff import capped_exponential, full_jitter
 from watcher.engine.estimator import Estimate, Track
 
 
