@@ -1,6 +1,6 @@
 """The simulated IAM token endpoint: `POST /v3/auth/tokens` with the password method.
 
-Documented (cbr-api.md §4.1): the request body shape, the token in `X-Subject-Token`, the
+Documented by IAM's API reference: the request body shape, the token in `X-Subject-Token`, the
 `token.{expires_at, issued_at, methods, project, roles, user, catalog}` body, `nocatalog`.
 Inference (not documented, chosen to look like Keystone, which IAM derives from): 201 as the
 success status (the doc copy we have says 201; clients should accept any 2xx), the error body

@@ -1,6 +1,6 @@
 """The simulated API gateway's own check of `SDK-HMAC-SHA256` signatures.
 
-Written from the signing description in cbr-api.md §4.2, independently of
+Written from Huawei Cloud's published AK/SK signing description, independently of
 `watcher.cbr.signer` (which it must never import): the watcher's signer and this verifier
 meeting in the middle is the end-to-end test. The gateway's view differs from the client's in
 one way that matters: it only has the bytes that arrived, so the canonical request is rebuilt

@@ -36,7 +36,7 @@ TAIL_START = 0.95
 EXPONENT_RANGE = (0.6, 1.8)
 STOP_AT_RANGE = (0.3, 0.8)
 
-# Resource types and provider IDs from cbr-api.md §2.4.
+# Resource types and provider IDs as the CBR API reference lists them.
 PROVIDERS = {
     "OS::Nova::Server": "0daac4c5-6707-4851-97ba-169e36266b66",
     "OS::Cinder::Volume": "d1603440-187d-4516-af25-121250c7cc97",
