@@ -10,7 +10,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from tests.support import Events, Running, World, make_engine
-from watcher.cbr.errors import TransientError
+from watcher.cbr.errors import ThrottledError, TransientError
 from watcher.cbr.models import OpLogPage
 from watcher.config.model import DiscoverSettings
 from watcher.engine.engine import Engine
@@ -207,3 +207,33 @@ async def test_a_failing_listing_is_retried_and_never_ends_discovery(world: Worl
     names = [entry["event"] for entry in logs]
     assert names.count("discovery.list_failed") == 1
     assert "discovery.recovered" in names
+
+
+class ThrottlingLister:
+    """ListOpLogs that always answers 429 with an hour-long Retry-After."""
+
+    async def list_op_logs(self, **query: Any) -> OpLogPage:
+        raise ThrottledError("HTTP 429 APIGW.0308", retry_after=3600.0, error_code="APIGW.0308")
+
+
+async def test_a_throttled_listing_pauses_the_budget_no_longer_than_poll_interval_max(
+    world: World,
+) -> None:
+    """Discovery shares the request budget: a 429 with Retry-After: 3600 pauses every request
+    — but for poll_interval_max at most, like a poll's, so no header stops the watching."""
+    engine = make_engine(world)
+    finder = Discovery(
+        client=ThrottlingLister(),
+        engine=engine,
+        clock=world.clock,
+        blocks=[DiscoverSettings()],
+        interval=30.0,
+        lookback=600.0,
+    )
+    async with Running(world, engine) as running:
+        looking = asyncio.ensure_future(finder.look())
+        await running.until(looking.done)
+    result = await looking
+    assert result.failed == 1
+    now = world.clock.monotonic()
+    assert engine.budget.next_allowed(now) <= now + engine.policy.interval_max

@@ -31,6 +31,7 @@ from watcher.clock import Clock
 from watcher.config.model import DiscoverSettings
 from watcher.engine import listing as batch
 from watcher.engine.engine import Engine
+from watcher.engine.listing import IncompleteListingError
 
 log = structlog.get_logger("watcher.discovery")
 
@@ -142,6 +143,11 @@ class Discovery:
         for query in self.queries:
             try:
                 await self._look_for(query, cursors, result)
+            except IncompleteListingError as error:
+                # Never read to its end: its cursor stays where it was, and the next look
+                # lists the same window again.
+                result.failed += 1
+                log.warning("discovery.list_incomplete", query=query.key, error=str(error))
             except CbrError as error:
                 result.failed += 1
                 if error.http_status == 403:
@@ -151,8 +157,10 @@ class Discovery:
                 # watcher with no task to poll still depends on CBR answering these.
                 self._engine.upstream.failed(error)
                 if isinstance(error, ThrottledError) and error.retry_after is not None:
-                    # The quota is shared by every request: nobody calls before it resets.
-                    self._engine.budget.pause_until(self._clock.monotonic() + error.retry_after)
+                    # The quota is shared by every request: nobody calls before it resets,
+                    # but no header stops the watching for longer than poll_interval_max.
+                    pause = min(error.retry_after, self._engine.policy.interval_max)
+                    self._engine.budget.pause_until(self._clock.monotonic() + pause)
                 if not self._failing:
                     log.warning(
                         "discovery.list_failed",
