@@ -9,10 +9,11 @@ from typing import Protocol
 
 from watcher.cbr.inventory import BackupPage, PolicyPage, VaultPage
 from watcher.cbr.models import OpLogPage
+from watcher.engine.listing import ListApi
 from watcher.engine.scheduler import Scheduler
 
 
-class CoverageApi(Protocol):
+class CoverageApi(ListApi, Protocol):
     """The CBR calls coverage makes."""
 
     async def list_vaults(
@@ -34,19 +35,6 @@ class CoverageApi(Protocol):
         limit: int | None = None,
     ) -> BackupPage:
         """One page of ListBackups."""
-        ...
-
-    async def list_op_logs(
-        self,
-        *,
-        status: str | None = None,
-        operation_type: str | None = None,
-        vault_id: str | None = None,
-        limit: int | None = None,
-        offset: int | None = None,
-        extra: Mapping[str, str] | None = None,
-    ) -> OpLogPage:
-        """One page of ListOpLogs."""
         ...
 
 

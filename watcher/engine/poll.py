@@ -9,17 +9,18 @@ through `answered`.
 from __future__ import annotations
 
 import random
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from typing import Protocol
 
 import structlog
 
 from watcher.cbr.errors import AuthError, CbrError, InternalError, NotFoundError, ThrottledError
-from watcher.cbr.models import OperationLog, OpLogPage
+from watcher.cbr.models import OperationLog
 from watcher.clock import Clock
 from watcher.engine import schedule, transitions
 from watcher.engine.events import WATCH_NOT_FOUND, EventSink, TaskEvent
+from watcher.engine.listing import ListApi
 from watcher.engine.scheduler import Scheduler, Slot
 from watcher.engine.stats import EngineStats
 from watcher.engine.table import TaskTable
@@ -36,24 +37,11 @@ async def discard_records(task: WatchedTask, events: Sequence[TaskEvent]) -> Non
     """A TaskRecorder for engines without a state store."""
 
 
-class CbrApi(Protocol):
-    """The part of the CBR client the engine uses."""
+class CbrApi(ListApi, Protocol):
+    """The part of the CBR client the engine uses: ShowOpLog, ListOpLogs and a credential reload."""
 
     async def show_op_log(self, task_id: str) -> OperationLog:
         """Fetch one task (ShowOpLog)."""
-        ...
-
-    async def list_op_logs(
-        self,
-        *,
-        status: str | None = None,
-        operation_type: str | None = None,
-        vault_id: str | None = None,
-        limit: int | None = None,
-        offset: int | None = None,
-        extra: Mapping[str, str] | None = None,
-    ) -> OpLogPage:
-        """One page of ListOpLogs."""
         ...
 
     async def reload_credentials(self) -> None:
