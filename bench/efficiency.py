@@ -54,7 +54,7 @@ from watcher.sim import PRESETS, Dialect
 DEFAULT_POLICY = Policy()
 INTERVAL_MAX = DEFAULT_POLICY.interval_max
 SIZES = (1, 10, 100, 1000, 10_000)
-WINDOWS = {1: 86_400.0, 10: 21_600.0, 100: 7_200.0, 1000: 3_600.0, 10_000: 1_200.0}
+WINDOWS = {1: 259_200.0, 10: 43_200.0, 100: 7_200.0, 1000: 1_800.0, 10_000: 600.0}
 """Measurement window (seconds) per N: long enough for enough ends at small N, short
 enough to run at large N. Sizes not listed get the window of the next larger listed size."""
 WARMUP = 300.0
@@ -169,6 +169,8 @@ class Summary:
     lag: dict[str, dict[str, float]]
     reasons: dict[str, int]
     real_seconds: float
+    watched: tuple[int, int] = (0, 0)
+    """Fewest and most tasks the engine watched at a whole minute of the window."""
     note: str = ""
 
     @property
@@ -205,6 +207,7 @@ def summarize(
     task_hours = sum(max(0.0, min(task.ends, t1) - max(task.created, t0)) for task in result.tasks)
     window = sorted(at for at in [*result.shows, *result.pages] if t0 <= at < t1)
     expected = {True: "task.failed", False: "task.succeeded"}
+    counts = [count for at, count in result.active if t0 <= at <= t1]
     lag = {
         phase: {
             "count": len(samples),
@@ -238,6 +241,7 @@ def summarize(
         lag=lag,
         reasons=result.reasons,
         real_seconds=result.real_seconds,
+        watched=(min(counts, default=0), max(counts, default=0)),
         note=note,
     )
 
@@ -324,17 +328,18 @@ def systems_table(rows: Sequence[Summary]) -> str:
 def dialects_table(rows: Sequence[Summary], baselines: dict[int, Summary]) -> str:
     """cbr-watcher per N and dialect: cost split, delays, anomalies."""
     lines = [
-        "| N | dialect | requests / task-hour (pages + ShowOpLog) | fixed 15 s ÷ this |"
-        " most in 1 s | delay p50 / p95 / max (s) | failed: p50 / p95 / max (s) | > 15 s |"
-        " missed, twice |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| N | dialect | watched | requests / task-hour (pages + ShowOpLog) |"
+        " fixed 15 s ÷ this | most in 1 s | delay p50 / p95 / max (s) |"
+        " failed: p50 / p95 / max (s) | > 15 s | missed, twice |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in sorted(
         rows, key=lambda r: (r.size, DIALECTS.index(r.dialect) if r.dialect in DIALECTS else 99)
     ):
         split = f"{row.pages / row.task_hours:.2f} + {row.shows / row.task_hours:.2f}"
         lines.append(
-            f"| {row.size:,} | {row.dialect} | {row.per_task_hour:.2f} ({split}) |"
+            f"| {row.size:,} | {row.dialect} | {row.watched[0]:,}–{row.watched[1]:,} |"
+            f" {row.per_task_hour:.2f} ({split}) |"
             f" {_ratio(baselines.get(row.size), row)} | {row.most_per_second} |"
             f" {_delays(row, failed=False)} | {_delays(row, failed=True)} | {row.late} |"
             f" {_anomalies(row)} |"
@@ -570,7 +575,7 @@ async def frontier(args: argparse.Namespace) -> dict[str, Any]:
     for text, ok, numbers in met:
         print(f"| {text} | {'yes' if ok else '**no**'} | {numbers} |")
     print()
-    for row in [*rows, *dialect_rows, *refused_rows]:
+    for row in {id(row): row for row in [*rows, *dialect_rows, *refused_rows]}.values():
         if row.reasons:
             print(
                 f"poll reasons, N={row.size:,}, {row.label}, {row.dialect}:",
