@@ -47,6 +47,7 @@ import structlog
 from efficiency_population import FAILED_SHARE, Population, population
 from efficiency_world import AfterSuccess, Run, Setup, run
 
+from watcher.engine.budget import WINDOW as BUDGET_WINDOW
 from watcher.engine.schedule import Decision, Policy, PollState, Reason
 from watcher.observe.logs import configure_logging
 from watcher.sim import PRESETS, Dialect
@@ -107,6 +108,9 @@ class System:
 
 
 CBR_WATCHER = "cbr-watcher (defaults)"
+DEFAULT_RPS = 20.0
+"""`watch.max_requests_per_second`'s default."""
+BUDGET_DIALECTS = ("default", "capped")
 BASELINE = "fixed 15 s (botocore)"
 LIMIT = "limit (one request, seen at once)"
 SYSTEMS = (
@@ -350,7 +354,8 @@ def dialects_table(rows: Sequence[Summary], baselines: dict[int, Summary]) -> st
 def refused_table(rows: Sequence[Summary], rps: float) -> str:
     """The listing-refused scenarios: lag, the most requests in 1 s, delays."""
     lines = [
-        "| scenario | requests / task-hour | lag p50 / p99 / max (ms) | most requests in 1 s"
+        "| scenario | requests / task-hour (pages + ShowOpLog) | lag p50 / p99 / max (ms) |"
+        " most requests in 1 s"
         f" (budget {rps:g}) | delay p50 / p95 / max (s) | failed: p50 / p95 / max (s) |"
         " > 15 s | missed, twice |",
         "|---|---|---|---|---|---|---|---|",
@@ -361,16 +366,42 @@ def refused_table(rows: Sequence[Summary], rps: float) -> str:
             for phase, lag in row.lag.items()
         )
         lines.append(
-            f"| {row.label} | {row.per_task_hour:.2f} | {lags} | {row.most_per_second} |"
+            f"| {row.label} | {row.per_task_hour:.2f} ({row.pages / row.task_hours:.2f} +"
+            f" {row.shows / row.task_hours:.2f}) | {lags} | {row.most_per_second} |"
             f" {_delays(row, failed=False)} | {_delays(row, failed=True)} | {row.late} |"
             f" {_anomalies(row)} |"
         )
     return "\n".join(lines)
 
 
+def _delay_targets(row: Summary, size: int) -> list[tuple[str, bool, str]]:
+    """p95 ≤ 10 s (N ≥ 10) and nothing later than poll_interval_max, for one row."""
+    found = []
+    which = "" if row.label == CBR_WATCHER else f", {row.dialect}, budget {DEFAULT_RPS:g}/s"
+    if size >= 10:
+        p95, failed_p95 = row.delay(0.95), row.delay(0.95, failed=True)
+        found.append(
+            (
+                f"N={size:,}{which}: p95 delay ≤ 10 s, failed included",
+                p95 <= 10.0 and not failed_p95 > 10.0,
+                f"p95 {_s(p95)} s, failed p95 {_s(failed_p95)} s",
+            )
+        )
+    worst = row.delay(1.0)
+    found.append(
+        (
+            f"N={size:,}{which}: no end seen later than {INTERVAL_MAX:g} s",
+            not worst > INTERVAL_MAX + 1e-6,
+            f"max {_s(worst)} s ({row.late} later)",
+        )
+    )
+    return found
+
+
 def targets(
     rows: Sequence[Summary],
     dialect_rows: Sequence[Summary],
+    budget: Sequence[Summary],
     refused: Sequence[Summary],
     rps: float,
 ) -> list[tuple[str, bool, str]]:
@@ -383,23 +414,10 @@ def targets(
         ours, fixed = by.get((size, CBR_WATCHER)), by.get((size, BASELINE))
         if ours is None:
             continue
-        if size >= 10:
-            p95, failed_p95 = ours.delay(0.95), ours.delay(0.95, failed=True)
-            found.append(
-                (
-                    f"N={size:,}: p95 delay ≤ 10 s, failed included",
-                    p95 <= 10.0 and not failed_p95 > 10.0,
-                    f"p95 {_s(p95)} s, failed p95 {_s(failed_p95)} s",
-                )
-            )
-        worst = ours.delay(1.0)
-        found.append(
-            (
-                f"N={size:,}: no end seen later than {INTERVAL_MAX:g} s",
-                not worst > INTERVAL_MAX + 1e-6,
-                f"max {_s(worst)} s ({ours.late} later)",
-            )
-        )
+        found += _delay_targets(ours, size)
+        for row in budget:
+            if row.size == size:
+                found += _delay_targets(row, size)
         if fixed is None:
             continue
         ratio = fixed.per_task_hour / ours.per_task_hour
@@ -473,100 +491,142 @@ def _say(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
-async def frontier(args: argparse.Namespace) -> dict[str, Any]:
-    """Every run the arguments ask for; prints the tables, returns every number."""
-    windows = {**WINDOWS, **args.windows}
-    rows: list[Summary] = []
-    dialect_rows: list[Summary] = []
-    refused_rows: list[Summary] = []
-    started = time.perf_counter()
-    for size in args.sizes:
-        measure = window_for(size, windows)
-        t0, t1 = args.warmup, args.warmup + measure
-        pop = population(size, args.seed, until=t1, failed_share=args.failed_share)
-        _say(
-            f"N={size:,}: window {measure / 60:g} min after {args.warmup / 60:g} min;"
-            f" {len(pop.history):,} ended before, {len(pop.arrivals):,} arrive"
+async def budget_rows(args: argparse.Namespace, size: int, measure: float) -> list[Summary]:
+    """cbr-watcher with every default, the request budget (20/s) too, in each of
+    --budget-dialects. The window starts once the first looks of the N tasks pending at time 0
+    are through (N at 20 per 1.1 s)."""
+    warmup = args.warmup + size * BUDGET_WINDOW / DEFAULT_RPS
+    t0, t1 = warmup, warmup + measure
+    pop = population(size, args.seed, until=t1, failed_share=args.failed_share)
+    rows = []
+    for name in args.budget_dialects:
+        config = Setup(
+            policy=DEFAULT_POLICY,
+            after_success=None,
+            batch_refresh=True,
+            dialect=PRESETS[name],
+            warmup=warmup,
+            measure=measure,
+            grace=DEFAULT_POLICY.interval_max + args.grace,
+            rps=DEFAULT_RPS,
+            transport=args.transport,
+            seed=args.seed,
+        )
+        result = await run(pop, config)
+        label = f"N={size:,}, {name}, budget {DEFAULT_RPS:g}/s (window after {warmup / 60:.1f} min)"
+        _say(f"  cbr-watcher, {name}, budget {DEFAULT_RPS:g}/s: {result.real_seconds:.1f} s")
+        note = f"window after {warmup / 60:.1f} min"
+        rows.append(summarize(result, label=label, size=size, slots=size, t0=t0, t1=t1, note=note))
+    return rows
+
+
+async def one_size(
+    args: argparse.Namespace, size: int, measure: float
+) -> tuple[list[Summary], list[Summary]]:
+    """Every system at one N, and cbr-watcher in every dialect: (system rows, dialect rows);
+    then the rows with the default budget."""
+    t0, t1 = args.warmup, args.warmup + measure
+    pop = population(size, args.seed, until=t1, failed_share=args.failed_share)
+    _say(
+        f"N={size:,}: window {measure / 60:g} min after {args.warmup / 60:g} min;"
+        f" {len(pop.history):,} ended before, {len(pop.arrivals):,} arrive"
+    )
+
+    def setup(system: System, dialect: Dialect) -> Setup:
+        return Setup(
+            policy=system.policy,
+            after_success=system.after_success,
+            batch_refresh=system.batch_refresh,
+            dialect=dialect,
+            warmup=args.warmup,
+            measure=measure,
+            grace=system.policy.interval_max + args.grace,
+            transport=args.transport,
+            seed=args.seed,
         )
 
-        def setup(system: System, dialect: Dialect, measure: float = measure) -> Setup:
-            return Setup(
-                policy=system.policy,
-                after_success=system.after_success,
-                batch_refresh=system.batch_refresh,
-                dialect=dialect,
-                warmup=args.warmup,
-                measure=measure,
-                grace=system.policy.interval_max + args.grace,
-                transport=args.transport,
-                seed=args.seed,
-            )
+    rows: list[Summary] = []
+    dialect_rows: list[Summary] = []
+    for system in SYSTEMS:
+        slots, note, watched = size, "", pop
+        if system.after_success is not None and size > args.baseline_slots:
+            slots = args.baseline_slots
+            watched = population(slots, args.seed, until=t1, failed_share=args.failed_share)
+            note = f"subsample: the first {slots:,} of the {size:,} slots"
+        result = await run(watched, setup(system, PRESETS["default"]))
+        rows.append(
+            summarize(result, label=system.name, size=size, slots=slots, t0=t0, t1=t1, note=note)
+        )
+        if system.name == CBR_WATCHER:
+            dialect_rows.append(rows[-1])
+        _say(f"  {system.name}: {result.real_seconds:.1f} s")
+    rows.append(limit_summary(pop, size, t0, t1))
+    for name in args.dialects:
+        if name == "default":
+            continue
+        result = await run(pop, setup(SYSTEMS[0], PRESETS[name]))
+        dialect_rows.append(
+            summarize(result, label=CBR_WATCHER, size=size, slots=size, t0=t0, t1=t1)
+        )
+        _say(f"  cbr-watcher, dialect {name}: {result.real_seconds:.1f} s")
+    return rows, dialect_rows
 
-        for system in SYSTEMS:
-            slots, note, watched = size, "", pop
-            if system.after_success is not None and size > args.baseline_slots:
-                slots = args.baseline_slots
-                watched = population(slots, args.seed, until=t1, failed_share=args.failed_share)
-                note = f"subsample: the first {slots:,} of the {size:,} slots"
-            result = await run(watched, setup(system, PRESETS["default"]))
-            rows.append(
-                summarize(
-                    result, label=system.name, size=size, slots=slots, t0=t0, t1=t1, note=note
-                )
-            )
-            if system.name == CBR_WATCHER:
-                dialect_rows.append(rows[-1])
-            _say(f"  {system.name}: {result.real_seconds:.1f} s")
-        rows.append(limit_summary(pop, size, t0, t1))
-        for name in args.dialects:
-            if name == "default":
-                continue
-            result = await run(pop, setup(SYSTEMS[0], PRESETS[name]))
-            dialect_rows.append(
-                summarize(result, label=CBR_WATCHER, size=size, slots=size, t0=t0, t1=t1)
-            )
-            _say(f"  cbr-watcher, dialect {name}: {result.real_seconds:.1f} s")
-    if args.refused_size:
-        size = args.refused_size
-        measure = window_for(size, windows)
-        t0, t1 = args.warmup, args.warmup + measure
-        pop = population(size, args.seed, until=t1, failed_share=args.failed_share)
-        scenarios = [
-            (f"N={size:,}, dialect no-list (refused from the start)", PRESETS["no-list"], None),
-            (
-                f"N={size:,}, refused from minute {(t0 + measure / 2) / 60:g} on",
-                PRESETS["default"],
-                t0 + measure / 2,
-            ),
-        ]
-        for label, dialect, refuse_at in scenarios:
-            config = Setup(
-                policy=DEFAULT_POLICY,
-                after_success=None,
-                batch_refresh=True,
-                dialect=dialect,
-                warmup=args.warmup,
-                measure=measure,
-                grace=DEFAULT_POLICY.interval_max + args.grace,
-                rps=args.refused_rps,
-                refuse_at=refuse_at,
-                transport=args.transport,
-                seed=args.seed,
-            )
-            result = await run(pop, config)
-            refused_rows.append(summarize(result, label=label, size=size, slots=size, t0=t0, t1=t1))
-            _say(f"  {label}: {result.real_seconds:.1f} s")
-    baselines = {row.size: row for row in rows if row.label == BASELINE}
-    met = targets(
-        rows, [r for r in dialect_rows if r.dialect != "default"], refused_rows, args.refused_rps
-    )
+
+async def refused(args: argparse.Namespace, size: int, measure: float) -> list[Summary]:
+    """cbr-watcher at `size` with the budget at --refused-rps: ListOpLogs refused from the
+    start (dialect no-list), and from the middle of the window on."""
+    t0, t1 = args.warmup, args.warmup + measure
+    pop = population(size, args.seed, until=t1, failed_share=args.failed_share)
+    scenarios = [
+        (f"N={size:,}, dialect no-list (refused from the start)", PRESETS["no-list"], None),
+        (
+            f"N={size:,}, refused from minute {(t0 + measure / 2) / 60:g} on",
+            PRESETS["default"],
+            t0 + measure / 2,
+        ),
+    ]
+    rows = []
+    for label, dialect, refuse_at in scenarios:
+        config = Setup(
+            policy=DEFAULT_POLICY,
+            after_success=None,
+            batch_refresh=True,
+            dialect=dialect,
+            warmup=args.warmup,
+            measure=measure,
+            grace=DEFAULT_POLICY.interval_max + args.grace,
+            rps=args.refused_rps,
+            refuse_at=refuse_at,
+            transport=args.transport,
+            seed=args.seed,
+        )
+        result = await run(pop, config)
+        rows.append(summarize(result, label=label, size=size, slots=size, t0=t0, t1=t1))
+        _say(f"  {label}: {result.real_seconds:.1f} s")
+    return rows
+
+
+def report(
+    args: argparse.Namespace,
+    rows: Sequence[Summary],
+    dialect_rows: Sequence[Summary],
+    budget: Sequence[Summary],
+    refused_rows: Sequence[Summary],
+    met: Sequence[tuple[str, bool, str]],
+    seconds: float,
+) -> None:
+    """Print every table (markdown) and the poll reasons."""
     print(
         f"seed {args.seed}, failed share {args.failed_share:g}, transport {args.transport};"
-        f" {time.perf_counter() - started:.0f} s of real time\n"
+        f" {seconds:.0f} s of real time\n"
     )
     print(systems_table(rows))
     print()
+    baselines = {row.size: row for row in rows if row.label == BASELINE}
     print(dialects_table(dialect_rows, baselines))
+    if budget:
+        print()
+        print(refused_table(budget, DEFAULT_RPS))
     if refused_rows:
         print()
         print(refused_table(refused_rows, args.refused_rps))
@@ -575,18 +635,46 @@ async def frontier(args: argparse.Namespace) -> dict[str, Any]:
     for text, ok, numbers in met:
         print(f"| {text} | {'yes' if ok else '**no**'} | {numbers} |")
     print()
-    for row in {id(row): row for row in [*rows, *dialect_rows, *refused_rows]}.values():
+    everything = [*rows, *dialect_rows, *budget, *refused_rows]
+    for row in {id(row): row for row in everything}.values():
         if row.reasons:
             print(
                 f"poll reasons, N={row.size:,}, {row.label}, {row.dialect}:",
                 dict(sorted(row.reasons.items())),
             )
+
+
+async def frontier(args: argparse.Namespace) -> dict[str, Any]:
+    """Every run the arguments ask for; prints the tables, returns every number."""
+    windows = {**WINDOWS, **args.windows}
+    rows: list[Summary] = []
+    dialect_rows: list[Summary] = []
+    started = time.perf_counter()
+    budget: list[Summary] = []
+    for size in args.sizes:
+        more, more_dialects = await one_size(args, size, window_for(size, windows))
+        rows += more
+        dialect_rows += more_dialects
+        budget += await budget_rows(args, size, window_for(size, windows))
+    refused_rows = []
+    if args.refused_size:
+        size = args.refused_size
+        refused_rows = await refused(args, size, window_for(size, windows))
+    met = targets(
+        rows,
+        [r for r in dialect_rows if r.dialect != "default"],
+        budget,
+        refused_rows,
+        args.refused_rps,
+    )
+    report(args, rows, dialect_rows, budget, refused_rows, met, time.perf_counter() - started)
     return {
         "seed": args.seed,
         "failed_share": args.failed_share,
         "transport": args.transport,
         "systems": [asdict(row) for row in rows],
         "dialects": [asdict(row) for row in dialect_rows],
+        "budget": [asdict(row) for row in budget],
         "refused": [asdict(row) for row in refused_rows],
         "targets": [{"target": t, "met": ok, "measured": m} for t, ok, m in met],
     }
@@ -661,6 +749,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="their max_requests_per_second (default 500)",
     )
     parser.add_argument(
+        "--budget-dialects",
+        type=lambda text: [name for name in text.split(",") if name],
+        default=list(BUDGET_DIALECTS),
+        help=f"dialects cbr-watcher also runs in with the default budget ({DEFAULT_RPS:g}/s)"
+        " at every N; empty skips them (default: " + ",".join(BUDGET_DIALECTS) + ")",
+    )
+    parser.add_argument(
         "--transport",
         choices=("direct", "socket"),
         default="direct",
@@ -668,7 +763,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--json", default="", help="write every number to this file")
     args = parser.parse_args(argv)
-    unknown = [name for name in args.dialects if name not in PRESETS]
+    unknown = [name for name in [*args.dialects, *args.budget_dialects] if name not in PRESETS]
     if unknown:
         parser.error(f"unknown dialect(s): {', '.join(unknown)}")
     configure_logging(level="error", stream=sys.stderr)

@@ -93,7 +93,9 @@ def test_a_tiny_run_reports_every_system_dialect_scenario_and_target(tmp_path: P
     assert labels == [system.name for system in efficiency.SYSTEMS] + [efficiency.LIMIT]
     assert [row["dialect"] for row in payload["dialects"]] == ["default", "capped"]
     assert len(payload["refused"]) == 2
-    for row in [*payload["systems"], *payload["dialects"], *payload["refused"]]:
+    assert [row["dialect"] for row in payload["budget"]] == ["default", "capped"]
+    everything = [*payload["systems"], *payload["dialects"], *payload["budget"]]
+    for row in [*everything, *payload["refused"]]:
         assert row["size"] == 10
         assert row["task_hours"] > 0
         assert {"delays", "failed_delays", "missed", "duplicates", "lag"} <= set(row)
