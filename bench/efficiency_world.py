@@ -36,7 +36,7 @@ import random
 import time
 from collections import Counter, defaultdict, deque
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Literal, Protocol
 
 from efficiency_population import PopTask, Population
@@ -420,7 +420,6 @@ class Run:
     """(seconds after the start, tasks the engine was watching), once a minute."""
     fake_seconds: float
     real_seconds: float
-    extra: dict[str, float] = field(default_factory=dict)
 
 
 @contextlib.asynccontextmanager
@@ -487,16 +486,19 @@ class _Trial:
             self.arriving[task.created].append(task)
 
     async def on_event(self, event: TaskEvent) -> None:
+        """The engine's subscriber: keep every terminal event (to count them per task)."""
         if event.ends_watch:
             self.terminal[event.task_id].append((event.type, event.occurred_at))
 
     def arrive(self, offset: float) -> None:
+        """Create the tasks of this instant in the simulator and hand them to the engine."""
         ids = self.sim.add_tasks([task.spec for task in self.arriving[offset]])
         for task_id in ids:
             self.created_wall[task_id] = self.sim.tasks[task_id].created_wall
             self.engine.add(task_id)
 
     def mark(self, offset: float) -> None:
+        """At the window's edges and at the refusal: collect the lag samples; refuse."""
         t0, t1 = self.setup.window
         if offset == t0:
             self.samples.clear()
@@ -508,6 +510,7 @@ class _Trial:
             self.lag["after" if self.setup.refuse_at is not None else "window"] = list(self.samples)
 
     def count_active(self, offset: float) -> None:
+        """Once a minute: how many tasks the engine watches."""
         self.active.append((offset, self.engine.active_count()))
 
     async def play(self) -> None:
