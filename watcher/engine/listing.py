@@ -118,12 +118,15 @@ async def list_all(
     limit: int = LIST_LIMIT,
     max_pages: int = MAX_PAGES,
     under_way: Callable[[], AbstractContextManager[None]] = contextlib.nullcontext,
+    on_page: Callable[[list[OperationLog]], Awaitable[None]] | None = None,
 ) -> ListResult:
     """Page through `listing` until an empty page that follows what was read, or (with
     `wanted`) until every wanted ID was seen.
 
     `acquire` is awaited before each page (the shared request budget), and each page request
-    runs inside `under_way()` (the scheduler counts it in flight). Errors propagate, and
+    runs inside `under_way()` (the scheduler counts it in flight). `on_page` gets each page's
+    readable entries as soon as the page is read, so a caller can act before the listing ends.
+    Errors propagate, and
     so does IncompleteListingError after `max_pages`: the caller decides what a failed
     listing means, and must not take a partial one for the whole list.
     """
@@ -161,6 +164,8 @@ async def list_all(
         for log in logs:
             result.found[log.id] = log
             missing.discard(log.id)
+        if on_page is not None:
+            await on_page(logs)
         if wanted and not missing:
             return result
         places = page.places()

@@ -94,6 +94,8 @@ class PollPath:
         self.swept_look: Callable[[WatchedTask], float | None] = lambda row: None
         """The delay of the own look of a task a refresh sweep will cover (None: not covered):
         its own cadence then only backs the sweep up."""
+        self.swept = 0
+        """Tasks the last refresh sweep refreshed: they need no looks of their own."""
         self.stopping = False
         self.store_failing_since: float | None = None
         """Monotonic time of the first failed state write in the current streak, or None."""
@@ -357,9 +359,11 @@ class PollPath:
         self._scheduler.schedule(slot, decision.delay)
 
     def budget_floor(self) -> float:
-        """The shortest wait the request budget can serve for every active task at once,
-        with a quarter of the budget left for listings, discovery and bursts."""
-        return BUDGET_HEADROOM * len(self._scheduler) / self._scheduler.budget.sustained_rate
+        """The shortest wait the request budget can serve for every task that needs looks of
+        its own (those the last sweep did not refresh), with a fifth of it left over for
+        listings, discovery and bursts."""
+        own = max(len(self._scheduler) - self.swept, 0)
+        return BUDGET_HEADROOM * own / self._scheduler.budget.sustained_rate
 
     async def publish(self, events: Sequence[TaskEvent]) -> None:
         """Hand committed events to every subscriber; a failing one loses nothing durable."""

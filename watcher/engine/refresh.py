@@ -28,6 +28,7 @@ from collections.abc import Sequence
 import structlog
 
 from watcher.cbr.errors import CbrError, InternalError
+from watcher.cbr.models import OperationLog
 from watcher.clock import Clock
 from watcher.engine import listing, schedule
 from watcher.engine.poll import PollPath
@@ -42,6 +43,8 @@ REFUSED_PAUSE = 3600.0
 """After a refused listing (403) the sweep is tried again this much later."""
 FAILURE_PAUSE_MAX = 300.0
 """A failing listing is retried after list_interval, doubling per failure up to this."""
+SWEEP_BUDGET_SHARE = 0.5
+"""At most this share of the request budget goes to one sweep's pages."""
 MIN_TASKS = 2
 """One page costs one request: below this many tasks a sweep saves nothing."""
 
@@ -124,9 +127,13 @@ class RefreshSweep:
         candidates.sort(key=lambda pair: pair[1].created_wall or 0.0, reverse=True)
         own_look = self.interval / self._poll.policy.interval_max
         best_k, best_cost = 0, len(candidates) * own_look
+        max_pages = self._max_pages()
         for k in range(1, len(candidates) + 1):
             oldest = candidates[k - 1][1].created_wall or 0.0
-            cost = self._pages_for(oldest, k) + (len(candidates) - k) * own_look
+            pages = self._pages_for(oldest, k)
+            if pages > max_pages:
+                break  # older tasks would hold a sweep longer than the budget allows
+            cost = pages + (len(candidates) - k) * own_look
             if cost < best_cost:
                 best_k, best_cost = k, cost
         return candidates[:best_k]
@@ -142,42 +149,81 @@ class RefreshSweep:
             return
         chosen = self._choose()
         if not chosen:
+            self._poll.swept = 0
             return
         plan = listing.plan([row for _, row in chosen])
         if plan is None:
             return
-        held = [(slot, self._scheduler.hold(slot)) for slot, _ in chosen]
+        held = {slot.task_id: (slot, self._scheduler.hold(slot)) for slot, _ in chosen}
+        backstop = self._poll.policy.interval_max
+
+        async def take(page: list[OperationLog]) -> None:
+            # Each answer is used as soon as its page arrives: a task on the first page is not
+            # held while the rest of the listing is read.
+            for answer in page:
+                entry = held.pop(answer.id, None)
+                if entry is not None:
+                    self._stats.list_refreshed += 1
+                    await self._poll.answered(*entry, answer, next_look=backstop)
+                    self._poll.ensure_next(*entry)
+
         try:
             try:
                 result = await listing.list_all(
                     self._poll.client,
                     plan,
-                    wanted=[slot.task_id for slot, _ in held],
+                    wanted=list(held),
                     acquire=self._acquire_page,
                     under_way=self._scheduler.requests_under_way,
+                    on_page=take,
+                    max_pages=self._max_pages(),
                 )
-            except Exception as error:
-                await self._failed(error, held)
+            except listing.IncompleteListingError:
+                # The list was longer than the sweep may read: what was read is used, the rest
+                # look for themselves, and the next sweep knows the list is longer.
+                self._poll.swept = len(chosen) - len(held)
+                self._hand_back(list(held.values()), confirm=False)
                 return
-            self._succeeded(result)
-            await self._apply(result, held)
+            except Exception as error:
+                self._poll.swept = len(chosen) - len(held)
+                await self._failed(error, list(held.values()))
+                return
+            self._poll.swept = len(chosen) - len(held)
+            self._succeeded(result, covered_since=min(row.created_wall or 0.0 for _, row in chosen))
+            # Ended and deleted, skipped by a shifting list, or an unreadable entry: one
+            # ShowOpLog each, spread out.
+            self._hand_back(list(held.values()), confirm=True)
         finally:
-            for slot, generation in held:
+            for slot, generation in held.values():
                 self._poll.ensure_next(slot, generation)
+
+    def _max_pages(self) -> int:
+        """The pages one sweep may read: what half the budget serves in the time a covered
+        task can wait beyond a sweep before its poll_interval_max runs out."""
+        policy = self._poll.policy
+        slack = max(policy.interval_max - self.interval, policy.interval_min)
+        return max(
+            1, math.floor(SWEEP_BUDGET_SHARE * self._scheduler.budget.sustained_rate * slack)
+        )
 
     async def _acquire_page(self) -> None:
         await self._scheduler.acquire_request()
         self._stats.list_pages += 1
 
-    def _succeeded(self, result: listing.ListResult) -> None:
+    def _succeeded(self, result: listing.ListResult, *, covered_since: float) -> None:
         self._poll.upstream.ok()
         if self._failures or self._refused:
             log.info("refresh.list_recovered", failures=self._failures)
         self._failures, self._refused = 0, False
-        self._seen_created = sorted(
-            answer.created_at.timestamp()
+        # What this listing read, plus what earlier ones read further back: a listing that
+        # stopped early says nothing about how crowded the older part of the list is.
+        window = math.floor(covered_since)
+        older = self._seen_created[: bisect.bisect_left(self._seen_created, window)]
+        self._seen_created = older + sorted(
+            created
             for answer in result.found.values()
             if answer.created_at is not None
+            and (created := answer.created_at.timestamp()) >= window
         )
         if result.largest_page:
             self._page_size = min(result.largest_page, listing.LIST_LIMIT)
@@ -188,20 +234,6 @@ class RefreshSweep:
                 entries=result.malformed,
                 detail="each spoils only its own entry; those tasks are confirmed one by one",
             )
-
-    async def _apply(self, result: listing.ListResult, held: Sequence[tuple[Slot, int]]) -> None:
-        backstop = self._poll.policy.interval_max
-        missed: list[tuple[Slot, int]] = []
-        for slot, generation in held:
-            answer = result.found.get(slot.task_id)
-            if answer is None:
-                missed.append((slot, generation))
-                continue
-            self._stats.list_refreshed += 1
-            await self._poll.answered(slot, generation, answer, next_look=backstop)
-        # Ended and deleted, skipped by a shifting list, or an unreadable entry: one
-        # ShowOpLog each, spread out.
-        self._hand_back(missed, confirm=True)
 
     async def _failed(self, error: Exception, held: Sequence[tuple[Slot, int]]) -> None:
         failure = error if isinstance(error, CbrError) else InternalError.wrap(error)
