@@ -43,8 +43,8 @@ REFUSED_PAUSE = 3600.0
 """After a refused listing (403) the sweep is tried again this much later."""
 FAILURE_PAUSE_MAX = 300.0
 """A failing listing is retried after list_interval, doubling per failure up to this."""
-SWEEP_BUDGET_SHARE = 0.5
-"""At most this share of the request budget goes to one sweep's pages."""
+SWEEP_BUDGET_SHARE = 1.0
+"""One sweep's pages take at most this share of poll_interval_max worth of the budget."""
 MIN_TASKS = 2
 """One page costs one request: below this many tasks a sweep saves nothing."""
 
@@ -198,13 +198,11 @@ class RefreshSweep:
                 self._poll.ensure_next(slot, generation)
 
     def _max_pages(self) -> int:
-        """The pages one sweep may read: what half the budget serves in the time a covered
-        task can wait beyond a sweep before its poll_interval_max runs out."""
-        policy = self._poll.policy
-        slack = max(policy.interval_max - self.interval, policy.interval_min)
-        return max(
-            1, math.floor(SWEEP_BUDGET_SHARE * self._scheduler.budget.sustained_rate * slack)
-        )
+        """The pages one sweep may read: what the budget serves in one poll_interval_max (a
+        page refreshes up to a thousand tasks; answers are used page by page, so only the
+        tasks on the last pages wait that long)."""
+        rate = self._scheduler.budget.sustained_rate
+        return max(1, math.floor(SWEEP_BUDGET_SHARE * rate * self._poll.policy.interval_max))
 
     async def _acquire_page(self) -> None:
         await self._scheduler.acquire_request()
