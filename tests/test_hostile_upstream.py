@@ -136,7 +136,7 @@ async def test_an_absurd_retry_after_is_clamped_to_the_cap(
     times = [r.monotonic for r in world.sim.request_log if r.task_id == task_id]
     assert engine.policy.interval_max < RETRY_AFTER_CAP
     for gap in (times[1] - times[0], times[2] - times[1]):
-        assert engine.policy.interval_max <= gap <= engine.policy.interval_max + 1
+        assert engine.policy.interval_max <= gap < 2 * engine.policy.interval_max
     warnings = [e for e in logs if e["event"] == "http.retry_after_clamped"]
     assert [w["retry_after"] for w in warnings] == ["99999999999"]
 
