@@ -96,7 +96,9 @@ async def run_for(engine: Engine, clock: FakeClock, seconds: float) -> None:
     runner = asyncio.create_task(engine.run())
     until = clock.monotonic() + seconds
     try:
-        await drive_until(clock, lambda: clock.monotonic() >= until)
+        await drive_until(
+            clock, lambda: clock.monotonic() >= until, busy=lambda: engine.in_flight > 0
+        )
     finally:
         engine.stop()
         await drive_until(clock, runner.done)
@@ -115,16 +117,20 @@ async def test_a_refused_listing_at_ten_thousand_tasks_makes_no_herd(refused_aft
     rate = 500.0
     engine = engine_for(cloud, clock, rate)
     await watch(engine, cloud)
+
+    def busy() -> bool:
+        return engine.in_flight > 0
+
     runner = asyncio.create_task(engine.run())
     try:
         with capture_logs() as logs:
             start = clock.monotonic()
-            await drive_until(clock, lambda: clock.monotonic() >= start + refused_after)
+            await drive_until(clock, lambda: clock.monotonic() >= start + refused_after, busy=busy)
             cloud.refuse_listing = True
             engine.stats.lag_samples.clear()
             refused_at = clock.monotonic()
             lists_before = len(cloud.lists)
-            await drive_until(clock, lambda: clock.monotonic() >= refused_at + 180)
+            await drive_until(clock, lambda: clock.monotonic() >= refused_at + 180, busy=busy)
     finally:
         engine.stop()
         await drive_until(clock, runner.done)
