@@ -693,8 +693,8 @@ def _windows(text: str) -> dict[int, float]:
     return windows
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Command line entry point."""
+def main(argv: Sequence[str] | None = None, *, cache_loggers: bool = False) -> int:
+    """Command line entry point (`cache_loggers`: as a program, not from a test)."""
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument(
         "--sizes",
@@ -767,9 +767,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown dialect(s): {', '.join(unknown)}")
     configure_logging(level="error", stream=sys.stderr)
-    # Nothing is logged at "error" here; caching the bound loggers only saves the work of
-    # filtering out the engine's debug lines (on a fake clock, no figure depends on it).
-    structlog.configure(cache_logger_on_first_use=True)
+    if cache_loggers:
+        # Nothing is logged at "error" here; caching the bound loggers only saves the work of
+        # filtering out the engine's debug lines (on a fake clock, no figure depends on it).
+        # Only when run as a program: cached loggers would outlive a test that calls `main`.
+        structlog.configure(cache_logger_on_first_use=True)
     payload = asyncio.run(frontier(args))
     if args.json:
         with open(args.json, "w", encoding="utf-8") as out:
@@ -778,4 +780,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(cache_loggers=True))
