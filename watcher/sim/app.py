@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import weakref
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
 
 from aiohttp import web
 
@@ -27,11 +26,10 @@ from watcher.sim.faults import Fault
 from watcher.sim.iam import TOKENS_PATH, http_date
 from watcher.sim.inventory import add_routes as add_inventory_routes
 from watcher.sim.listing import parse_list_query, select
+from watcher.sim.responses import add_from_body, json_response, raw_response
 from watcher.sim.signature import SignedCall
 from watcher.sim.specs import policy_from_mapping, spec_from_mapping
 from watcher.sim.tasks import task_state
-
-_Spec = TypeVar("_Spec")
 
 API_PREFIX = "/v3/"
 SHOW_PATH = "/v3/{project_id}/operation-logs/{operation_log_id}"
@@ -41,21 +39,6 @@ BODY_FAULTS = frozenset({"deep_json", "oversized", "far_date", "surrogate", "pro
 CHUNK_BYTES = 64 * 1024
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def json_response(status: int, body: object, headers: dict[str, str] | None = None) -> web.Response:
-    """A JSON response with CBR's exact content type."""
-    data = json.dumps(body, ensure_ascii=False).encode()
-    return raw_response(status, data, headers)
-
-
-def raw_response(status: int, data: bytes, headers: dict[str, str] | None = None) -> web.Response:
-    """A response whose body is sent byte for byte, labelled as CBR's JSON."""
-    return web.Response(
-        status=status,
-        body=data,
-        headers={"Content-Type": bodies.JSON_CONTENT_TYPE, **(headers or {})},
-    )
 
 
 def make_app(sim: SimCore) -> web.Application:
@@ -270,31 +253,6 @@ def _abort(request: web.Request) -> None:
         transport.abort()
 
 
-async def _add_from_body(
-    request: web.Request,
-    parse: Callable[[object, str], _Spec],
-    add: Callable[[list[_Spec]], list[str]],
-    kind: str,
-    plural: str,
-) -> web.StreamResponse:
-    """A control POST: one object or a list, each parsed by `parse` (named `kind`, or
-    `plural[i]` in a list, in errors), then `add`ed → 201 {"ids": [...]}, or a 400."""
-    try:
-        body = await request.json()
-    except ValueError:
-        return json_response(400, {"error": "body is not valid JSON"})
-    items = body if isinstance(body, list) else [body]
-    try:
-        specs = [
-            parse(item, f"{plural}[{position}]" if isinstance(body, list) else kind)
-            for position, item in enumerate(items)
-        ]
-        ids = add(specs)
-    except ValueError as error:
-        return json_response(400, {"error": str(error)})
-    return json_response(201, {"ids": ids})
-
-
 class _ControlApi:
     """/_sim/: add tasks, read request counts, rotate tokens, switch the dialect. No auth: it
     is a test tool."""
@@ -304,7 +262,7 @@ class _ControlApi:
 
     async def add_tasks(self, request: web.Request) -> web.StreamResponse:
         """POST /_sim/tasks: one spec object or a list of them → 201 {"ids": [...]}."""
-        return await _add_from_body(request, spec_from_mapping, self.sim.add_tasks, "task", "tasks")
+        return await add_from_body(request, spec_from_mapping, self.sim.add_tasks, "task", "tasks")
 
     async def list_tasks(self, request: web.Request) -> web.StreamResponse:
         """GET /_sim/tasks: every task with its current status and progress."""
@@ -328,7 +286,7 @@ class _ControlApi:
 
     async def add_policies(self, request: web.Request) -> web.StreamResponse:
         """POST /_sim/policies: one policy object or a list, started now → 201 {"ids": [...]}."""
-        return await _add_from_body(
+        return await add_from_body(
             request, policy_from_mapping, self.sim.add_policies, "policy", "policies"
         )
 

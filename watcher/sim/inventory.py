@@ -34,7 +34,6 @@ leaves open (docs/simulator.md):
 
 from __future__ import annotations
 
-import json
 import math
 import random
 from collections import Counter
@@ -52,6 +51,7 @@ from watcher.config.durations import parse_duration
 from watcher.sim import bodies
 from watcher.sim.listing import ALL_GRANTED_EPS, NewestFirst, parse_list_query
 from watcher.sim.policies import PolicyResource, PolicySchedule, skip_from_mapping
+from watcher.sim.responses import add_from_body, json_response
 from watcher.sim.tasks import NAME_PREFIX, PROVIDERS, SimTask, random_uuid, status_at, task_state
 
 if TYPE_CHECKING:
@@ -792,14 +792,6 @@ def backup_stats(sim: SimCore, now: float) -> tuple[Counter[str], Counter[str]]:
 # -- HTTP -----------------------------------------------------------------------------------
 
 
-def _json(status: int, body: object) -> web.Response:
-    return web.Response(
-        status=status,
-        body=json.dumps(body, ensure_ascii=False).encode(),
-        headers={"Content-Type": bodies.JSON_CONTENT_TYPE},
-    )
-
-
 def add_routes(app: web.Application, sim: SimCore) -> None:
     """ListVaults, ListPolicies and ListBackups, and their /_sim/ control routes, on `app`
     (whose middleware authenticates and fault-injects them like every CBR route)."""
@@ -825,15 +817,17 @@ class _InventoryApi:
         try:
             limit, offset, page = page_of(found, request.query)
         except ValueError as error:
-            return _json(400, bodies.bad_parameter(str(error)))
+            return json_response(400, bodies.bad_parameter(str(error)))
         counts, sizes = backup_stats(sim, sim.clock.wall())
         vaults = [vault_body(vault, sim.project_id, counts, sizes) for vault in page]
-        return _json(200, {"vaults": vaults, "count": len(found), "limit": limit, "offset": offset})
+        return json_response(
+            200, {"vaults": vaults, "count": len(found), "limit": limit, "offset": offset}
+        )
 
     async def list_policies(self, request: web.Request) -> web.StreamResponse:
         """GET /v3/{project_id}/policies → {"policies": [...], "count"}; no paging."""
         policies = select_policies(self.sim, request.query)
-        return _json(
+        return json_response(
             200,
             {
                 "policies": [policy_body(item, self.sim) for item in policies],
@@ -850,19 +844,23 @@ class _InventoryApi:
             )
             limit, offset, page = page_of(found, request.query)
         except ValueError as error:
-            return _json(400, bodies.bad_parameter(str(error)))
+            return json_response(400, bodies.bad_parameter(str(error)))
         backups = [backup_body(backup, sim.project_id) for backup in page]
-        return _json(
+        return json_response(
             200, {"backups": backups, "count": len(found), "limit": limit, "offset": offset}
         )
 
     async def add_vaults(self, request: web.Request) -> web.StreamResponse:
         """POST /_sim/vaults: one vault or a list (scenario `[[vaults]]` keys) → 201 ids."""
-        return await _add(request, vault_from_mapping, self.sim.inventory.add_vaults, "vault")
+        return await add_from_body(
+            request, vault_from_mapping, self.sim.inventory.add_vaults, "vault", "vaults"
+        )
 
     async def add_backups(self, request: web.Request) -> web.StreamResponse:
         """POST /_sim/backups: one backup or a list (scenario `[[backups]]` keys) → 201 ids."""
-        return await _add(request, backup_from_mapping, self.sim.inventory.add_backups, "backup")
+        return await add_from_body(
+            request, backup_from_mapping, self.sim.inventory.add_backups, "backup", "backups"
+        )
 
     async def add_skip(self, request: web.Request) -> web.StreamResponse:
         """POST /_sim/policies/{id}/skips {"resource": ..., "run" | "at"}: make nothing for
@@ -872,17 +870,17 @@ class _InventoryApi:
         policy_id = request.match_info["policy_id"]
         policy = next((item for item in sim.policies if item.id == policy_id), None)
         if policy is None:
-            return _json(404, {"error": f"no policy {policy_id!r}"})
+            return json_response(404, {"error": f"no policy {policy_id!r}"})
         try:
             body = await request.json()
         except ValueError:
-            return _json(400, {"error": "body is not valid JSON"})
+            return json_response(400, {"error": "body is not valid JSON"})
         try:
             run = policy.add_skip(skip_from_mapping(body))
         except ValueError as error:
-            return _json(400, {"error": str(error)})
+            return json_response(400, {"error": str(error)})
         at = policy.run_time(run)
-        return _json(
+        return json_response(
             201,
             {
                 "policy_id": policy.id,
@@ -891,25 +889,3 @@ class _InventoryApi:
                 "at": None if math.isinf(at) else timestamp(at),
             },
         )
-
-
-async def _add(
-    request: web.Request,
-    parse: Callable[[object, str], _T],
-    add: Callable[[list[_T]], list[str]],
-    kind: str,
-) -> web.StreamResponse:
-    try:
-        body = await request.json()
-    except ValueError:
-        return _json(400, {"error": "body is not valid JSON"})
-    items = body if isinstance(body, list) else [body]
-    try:
-        specs = [
-            parse(item, f"{kind}s[{position}]" if isinstance(body, list) else kind)
-            for position, item in enumerate(items)
-        ]
-        ids = add(specs)
-    except ValueError as error:
-        return _json(400, {"error": str(error)})
-    return _json(201, {"ids": ids})
