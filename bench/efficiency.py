@@ -548,6 +548,8 @@ async def one_size(
     rows: list[Summary] = []
     dialect_rows: list[Summary] = []
     for system in SYSTEMS:
+        if args.systems and system.name not in args.systems:
+            continue
         slots, note, watched = size, "", pop
         if system.after_success is not None and size > args.baseline_slots:
             slots = args.baseline_slots
@@ -760,6 +762,12 @@ def main(argv: Sequence[str] | None = None, *, cache_loggers: bool = False) -> i
         choices=("direct", "socket"),
         default="direct",
         help="in-process answers (default) or CbrClient over a socket",
+    )
+    parser.add_argument(
+        "--systems",
+        type=lambda text: [name for name in text.split(",") if name],
+        default=[],
+        help="run only these systems, by name (default: all; the baseline gives the ratios)",
     )
     parser.add_argument("--json", default="", help="write every number to this file")
     args = parser.parse_args(argv)

@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 
 import efficiency
 from efficiency_population import population
-from efficiency_world import cut_page, preload
+from efficiency_world import DirectCbr, cut_page, preload
 
 from watcher.sim import PRESETS, Simulator
 from watcher.sim.listing import parse_list_query, select
@@ -54,6 +54,36 @@ def test_the_direct_transport_cuts_pages_as_the_simulator_selects(dialect: str) 
             expected_count, expected = select(sim.listing(), query, now, sim.dialect)
             assert count == expected_count
             assert [task.id for task in page] == [task.id for task in expected]
+
+
+@pytest.mark.parametrize("dialect", ["default", "capped", "page-count"])
+def test_the_direct_transport_lists_running_tasks_as_the_simulator_selects(dialect: str) -> None:
+    """The running index follows the clock: tasks start and end as the simulator says."""
+    clock = FakeClock()
+    sim = Simulator(clock, dialect=PRESETS[dialect])
+    pop = population(20, seed=1, until=600.0)
+    preload(sim, pop, clock.wall())
+    direct = DirectCbr(sim)
+    vault = sim.default_vault[0]
+    checked = 0
+    for step in range(12):
+        if step == 6:
+            sim.add_tasks([task.spec for task in pop.arrivals[:5]])
+        now = clock.wall()
+        for start in (None, now - 3600.0):
+            for offset in (0, 3, 500):
+                params = {"limit": "1000", "offset": str(offset), "vault_id": vault}
+                params["status"] = "running"
+                if start is not None:
+                    params["start_time"] = efficiency_time(start)
+                query = parse_list_query(params, sim.dialect)
+                count, page = direct.running.cut_page(query, sim.dialect, now)
+                expected_count, expected = select(sim.listing(), query, now, sim.dialect)
+                assert count == expected_count
+                assert [task.id for task in page] == [task.id for task in expected]
+                checked += len(page)
+        clock.advance(57.0)
+    assert checked > 100
 
 
 def efficiency_time(wall: float) -> str:

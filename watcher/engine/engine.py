@@ -222,8 +222,9 @@ class Engine:
     def add(
         self, task_id: str, labels: Mapping[str, str] | None = None, *, source: str = "config"
     ) -> bool:
-        """Start watching `task_id` (looked at once). False if it is already in the table
-        (its labels are then merged in) or ended before."""
+        """Start watching `task_id`: looked at once, or by the next refresh sweep when sweeps
+        run. False if it is already in the table (its labels are then merged in) or ended
+        before."""
         validate_task_id(task_id)
         row = self._table.get(task_id)
         if row is not None:
@@ -233,7 +234,8 @@ class Engine:
         if self._table.has_ended(task_id):
             log.debug("task.already_ended", task_id=task_id)
             return False
-        self._insert(WatchedTask(task_id, frozen_labels(labels), source, self._clock.wall()))
+        row = WatchedTask(task_id, frozen_labels(labels), source, self._clock.wall())
+        self._insert(row, delay=self.refresh.first_look())
         return True
 
     async def put(
@@ -265,7 +267,7 @@ class Engine:
         existing = self._table.get(task_id)
         if existing is not None:  # added by someone else while we were writing
             return False, existing
-        self._insert(row)
+        self._insert(row, delay=self.refresh.first_look())
         return True, row
 
     async def discovered(self, operation_log: OperationLog, labels: Mapping[str, str]) -> bool:

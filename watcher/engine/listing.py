@@ -76,22 +76,26 @@ class Listing:
         return tuple(sorted((k, v) for k, v in self.query.items() if k != "start_time"))
 
 
-def plan(rows: Collection[WatchedTask]) -> Listing | None:
-    """The narrowest single listing that covers `rows`: no status filter (a task that ended
-    is still listed, with its terminal status), `start_time` the earliest creation second
-    among them, and `vault_id` / `operation_type` when every row shares one. None when some
-    row's creation time is unknown."""
-    created = [row.created_wall for row in rows]
-    if not rows or any(c is None for c in created):
-        return None
-    query = {"start_time": cbr_time(min(c for c in created if c is not None))}
+def narrowing(rows: Collection[WatchedTask]) -> dict[str, str]:
+    """The filters every one of `rows` passes besides time and status: `vault_id` and
+    `operation_type` when every row's last answer shares one (none for a task never seen)."""
+    query: dict[str, str] = {}
     vaults = {row.operation_log.vault_id if row.operation_log else None for row in rows}
     types = {row.operation_log.operation_type if row.operation_log else None for row in rows}
     if len(vaults) == 1 and (vault := next(iter(vaults))):
         query["vault_id"] = vault
     if len(types) == 1 and (operation_type := next(iter(types))):
         query["operation_type"] = operation_type
-    return Listing(query=query)
+    return query
+
+
+def since(rows: Collection[WatchedTask]) -> dict[str, str]:
+    """`start_time` at the earliest creation second among `rows`, when every creation time is
+    known (else no bound: a task never seen may be older than all of them)."""
+    created = [row.created_wall for row in rows]
+    if not created or any(c is None for c in created):
+        return {}
+    return {"start_time": cbr_time(min(c for c in created if c is not None))}
 
 
 @dataclass(slots=True)
@@ -107,6 +111,85 @@ class ListResult:
     """The most entries one page returned (the page size the cloud really serves)."""
     to_the_end: bool = False
     """Read until an empty page (False when it stopped because every wanted task was seen)."""
+
+
+class Pager:
+    """Reads one listing page by page, by the rules in the module docstring; a caller may stop
+    after any page (a refresh sweep reads two listings side by side and chooses)."""
+
+    def __init__(
+        self,
+        client: ListApi,
+        listing: Listing,
+        *,
+        acquire: Callable[[], Awaitable[None]],
+        limit: int = LIST_LIMIT,
+        under_way: Callable[[], AbstractContextManager[None]] = contextlib.nullcontext,
+    ) -> None:
+        self._client = client
+        self._acquire = acquire
+        self.listing = listing
+        self._limit = limit
+        self._under_way = under_way
+        self.result = ListResult()
+        self._offset = 0
+        self._overlapping = False
+        """Whether the page at `_offset` should start on an entry already read."""
+        self.last_page: list[OperationLog] = []
+        """The readable entries of the last page read."""
+        self.last_returned = 0
+        """How many entries the last page read returned (0 before the first)."""
+
+    @property
+    def ended(self) -> bool:
+        """Whether an empty page that follows what was read came back."""
+        return self.result.to_the_end
+
+    async def next_page(self) -> list[OperationLog]:
+        """Read the next page (one request, each after `acquire`; more only when the list
+        shrank under us and a page must be read again from earlier). Returns its readable
+        entries, empty once the listing has ended. Errors propagate."""
+        if self.ended:
+            return []
+        result = self.result
+        while True:
+            await self._acquire()
+            with self._under_way():
+                page = await self._client.list_op_logs(
+                    limit=self._limit, offset=self._offset, extra=self.listing.query
+                )
+            result.pages += 1
+            returned = page.returned
+            if returned == 0:
+                if not self._overlapping or self._offset == 0:
+                    result.to_the_end = True
+                    self.last_page, self.last_returned = [], 0
+                    return []
+                # The entry we stood on is gone: the list shrank. Read again from earlier.
+                self._offset = max(0, self._offset - max(result.largest_page, 1))
+                self._overlapping = self._offset > 0
+                continue
+            logs = page.operation_logs
+            read_before = [i for i, log in enumerate(logs) if log.id in result.found]
+            if self._overlapping and logs and not read_before:
+                # Nothing on this page was read before: entries moved toward the head while we
+                # paged, and some may have slipped past. Read again from earlier offsets.
+                self._offset = max(0, self._offset - returned)
+                self._overlapping = self._offset > 0
+                continue
+            result.largest_page = max(result.largest_page, returned)
+            result.malformed += len(page.malformed)
+            for log in logs:
+                result.found[log.id] = log
+            places = page.places()
+            if places and places[-1] > 0:
+                self._offset += places[-1]  # stand on the last entry read: overlap one
+                self._overlapping = True
+            else:
+                self._offset += returned
+                self._overlapping = False
+            self.last_page, self.last_returned = logs, returned
+            return logs
 
 
 async def list_all(
@@ -130,48 +213,16 @@ async def list_all(
     so does IncompleteListingError after `max_pages`: the caller decides what a failed
     listing means, and must not take a partial one for the whole list.
     """
-    result = ListResult()
+    pager = Pager(client, listing, acquire=acquire, limit=limit, under_way=under_way)
     missing = set(wanted)
-    offset = 0
-    overlapping = False
-    """Whether the page at `offset` should start on an entry already read."""
     while True:
-        if result.pages >= max_pages:
+        if pager.result.pages >= max_pages:
             raise IncompleteListingError(f"no empty page after {max_pages} pages")
-        await acquire()
-        with under_way():
-            page = await client.list_op_logs(limit=limit, offset=offset, extra=listing.query)
-        result.pages += 1
-        returned = page.returned
-        if returned == 0:
-            if not overlapping or offset == 0:
-                result.to_the_end = True
-                return result
-            # The entry we stood on is gone: the list shrank. Read again from earlier.
-            offset = max(0, offset - max(result.largest_page, 1))
-            overlapping = offset > 0
-            continue
-        logs = page.operation_logs
-        read_before = [i for i, log in enumerate(logs) if log.id in result.found]
-        if overlapping and logs and not read_before:
-            # Nothing on this page was read before: entries moved toward the head while we
-            # paged, and some may have slipped past. Read again from earlier offsets.
-            offset = max(0, offset - returned)
-            overlapping = offset > 0
-            continue
-        result.largest_page = max(result.largest_page, returned)
-        result.malformed += len(page.malformed)
-        for log in logs:
-            result.found[log.id] = log
-            missing.discard(log.id)
+        logs = await pager.next_page()
+        if pager.ended:
+            return pager.result
+        missing.difference_update(log.id for log in logs)
         if on_page is not None:
             await on_page(logs)
         if wanted and not missing:
-            return result
-        places = page.places()
-        if places and places[-1] > 0:
-            offset += places[-1]  # stand on the last entry read: overlap one
-            overlapping = True
-        else:
-            offset += returned
-            overlapping = False
+            return pager.result

@@ -2,28 +2,33 @@
 ListOpLogs pages whenever that costs fewer requests than one ShowOpLog each.
 
 So every end — a failure mid-run included — is seen within about `list_interval`, whatever a
-task's progress did, and a thousand tasks cost a page or two per sweep instead of a thousand
-requests. A task the sweep refreshed keeps only a backstop look of its own, `poll_interval_max`
-later, which the next sweep takes over; tasks no sweep covers (creation time unknown, the
-listing refused, too few tasks to be worth a page) follow their own estimate-driven cadence.
+task's progress did, and ten thousand tasks cost a few dozen pages per sweep instead of ten
+thousand requests. A task the sweep refreshed keeps only a backstop look of its own,
+`poll_interval_max` later, which the next sweep takes over; a task named while sweeps run
+gets its first look from the next sweep. Tasks no sweep covers (a single task, the listing
+refused) follow their own estimate-driven cadence.
 
-Which tasks a sweep covers: one listing from the oldest covered task's creation time, newest
-first. A very old task can make that window long; the sweep remembers the creation times of
-the entries it read last time and leaves out the oldest tasks when the pages their window
-adds cost more than their own looks would.
+Two listings, read side by side, page by page: the *head* (every status, newest first: new
+tasks, waiting ones and recent ends) and *running* (`status=running`: every running task,
+however old, in about one page per thousand). Before each page the sweep asks which next page
+is expected to find more of the tasks it has not seen yet — from the creation times the
+pages so far spanned, and what the last sweep learned — and stops once no page would find
+more than a ShowOpLog each would. A task neither listing showed (it ended long after it was
+created, was deleted, or never existed) is confirmed by one ShowOpLog, at once when there are
+few, spread when there are many. Neither listing's order, `count` nor a short page is trusted
+for correctness: they only steer which page is read next.
 
 No herds: a failed, refused or partial listing hands its tasks back to their own schedules
-spread over the next interval (never faster than the request budget), and a task the listing
-missed is confirmed by one ShowOpLog, spread likewise. A refusal (403: the credentials may not
-list) is logged once, counted, and turns the sweep off for an hour.
+spread over the next interval (never faster than the request budget). A refusal (403: the
+credentials may not list) is logged once, counted, and turns the sweep off for an hour.
 """
 
 from __future__ import annotations
 
-import bisect
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import structlog
 
@@ -47,6 +52,28 @@ SWEEP_BUDGET_SHARE = 1.0
 """One sweep's pages take at most this share of poll_interval_max worth of the budget."""
 MIN_TASKS = 2
 """One page costs one request: below this many tasks a sweep saves nothing."""
+MIN_GAIN = 1.0
+"""A page is read only when it is expected to show more unseen tasks than this (each would
+otherwise cost a ShowOpLog)."""
+SHORT_PAGE_DOUBT = 0.05
+"""After a short page of running tasks, read on when more than this share of the watched
+tasks is still unseen: the cloud may cut pages shorter than asked."""
+RUNNING = "running"
+
+
+@dataclass(slots=True)
+class _Side:
+    """One of a sweep's two listings, and what its pages told about where the next reaches."""
+
+    pager: listing.Pager
+    running_only: bool
+    reach: float | None
+    """Creation time (wall) down to which the next page is expected to reach; None: no
+    bound known (the whole list)."""
+    floor: float | None = None
+    """Creation time of the oldest entry read so far."""
+    short: bool = False
+    """The last page returned fewer entries than a full page: the list probably ended."""
 
 
 class RefreshSweep:
@@ -73,10 +100,15 @@ class RefreshSweep:
         self._off_until = 0.0
         self._failures = 0
         self._refused = False
-        self._seen_created: list[float] = []
-        """Creation times (ascending) of the entries the last sweep read."""
-        self._page_size = listing.LIST_LIMIT
-        """Entries per page the cloud really served last time (never above what we ask)."""
+        self._next_at: float | None = None
+        """Monotonic time the next sweep starts (None before the first)."""
+        self._first_reach: dict[bool, float | None] = {False: None, True: None}
+        """The oldest creation time on the first page of each listing (head: False, running:
+        True) last time; None: it held the whole list. New tasks push that page's reach only
+        forward, so this errs on the side of reading a page."""
+        self._full_page = listing.LIST_LIMIT
+        """Entries a full page holds: what we ask for, or less once the cloud showed it cuts
+        pages shorter (a short page followed by more entries)."""
         poll.swept_look = self.own_look
 
     @property
@@ -84,82 +116,70 @@ class RefreshSweep:
         """Seconds between two sweeps (`watch.list_interval`)."""
         return self._poll.policy.list_interval
 
+    def _active(self) -> bool:
+        return self.enabled and self._clock.monotonic() >= self._off_until
+
     def own_look(self, row: WatchedTask) -> float | None:
         """After a look of its own at `row`: poll_interval_max when the next sweep will cover
         the task (it comes sooner), else None (its own cadence decides). A sweep pays from
         two tasks on; a task left out of one still gets its look within poll_interval_max."""
-        if (
-            not self.enabled
-            or row.created_wall is None
-            or len(self._scheduler) < MIN_TASKS
-            or self._clock.monotonic() < self._off_until
-        ):
+        if not self._active() or len(self._scheduler) < MIN_TASKS:
             return None
         return self._poll.policy.interval_max
+
+    def first_look(self) -> float:
+        """The delay of a newly named task's first look: at once, unless sweeps run and the
+        next one will look (then shortly after it, as a backstop the sweep takes over)."""
+        if not self._active() or len(self._scheduler) + 1 < MIN_TASKS:
+            return 0.0
+        now = self._clock.monotonic()
+        next_at = now if self._next_at is None else max(self._next_at, now)
+        return next_at - now + self._poll.policy.interval_min
 
     async def run(self) -> None:
         """Sweep every `interval` until cancelled; never raises."""
         next_at = self._clock.monotonic()
         while True:
+            self._next_at = next_at
             delay = next_at - self._clock.monotonic()
             if delay > 0:
                 await self._clock.sleep(delay)
             started = self._clock.monotonic()
+            self._next_at = started + self.interval
             try:
                 await self.sweep()
             except Exception as error:  # a bug here must not end the sweeps
                 self._poll.internal("engine", error)
             next_at = max(started + self.interval, self._clock.monotonic())
 
-    def _choose(self) -> list[tuple[Slot, WatchedTask]]:
-        """The tasks this sweep covers (empty when a sweep would not save requests)."""
-        candidates: list[tuple[Slot, WatchedTask]] = []
+    def _wanted(self) -> list[tuple[Slot, WatchedTask]]:
+        """The tasks a sweep looks for: every active one not under way or due a confirmation."""
+        wanted: list[tuple[Slot, WatchedTask]] = []
         for slot in self._scheduler.slots():
             if slot.in_flight or slot.confirm:
                 continue
             row = self._table.get(slot.task_id)
-            if row is not None and row.created_wall is not None and not row.ended:
-                candidates.append((slot, row))
-        if not candidates:
-            return []
-        # Newest first: covering the k newest costs the pages of their window, and every
-        # older task its own looks (list_interval / poll_interval_max per sweep each).
-        candidates.sort(key=lambda pair: pair[1].created_wall or 0.0, reverse=True)
-        own_look = self.interval / self._poll.policy.interval_max
-        best_k, best_cost = 0, len(candidates) * own_look
-        max_pages = self._max_pages()
-        for k in range(1, len(candidates) + 1):
-            oldest = candidates[k - 1][1].created_wall or 0.0
-            pages = self._pages_for(oldest, k)
-            if pages > max_pages:
-                break  # older tasks would hold a sweep longer than the budget allows
-            cost = pages + (len(candidates) - k) * own_look
-            if cost < best_cost:
-                best_k, best_cost = k, cost
-        return candidates[:best_k]
-
-    def _pages_for(self, oldest: float, covered: int) -> int:
-        """Pages a listing from `oldest` is expected to take, from what the last one read."""
-        seen = len(self._seen_created) - bisect.bisect_left(self._seen_created, math.floor(oldest))
-        return max(1, math.ceil(max(seen, covered) / max(self._page_size, 1)))
+            if row is not None and not row.ended:
+                wanted.append((slot, row))
+        return wanted
 
     async def sweep(self) -> None:
-        """One sweep: refresh the covered tasks, or do nothing when that would not pay."""
-        if not self.enabled or self._clock.monotonic() < self._off_until:
+        """One sweep: refresh every watched task, or do nothing when that would not pay."""
+        if not self._active():
             return
-        chosen = self._choose()
-        if not chosen:
+        wanted = self._wanted()
+        if len(wanted) < MIN_TASKS:
             self._poll.swept = 0
             return
-        plan = listing.plan([row for _, row in chosen])
-        if plan is None:
-            return
-        held = {slot.task_id: (slot, self._scheduler.hold(slot)) for slot, _ in chosen}
+        rows = {slot.task_id: row for slot, row in wanted}
+        held = {slot.task_id: (slot, self._scheduler.hold(slot)) for slot, _ in wanted}
         backstop = self._poll.policy.interval_max
+        sides = self._sides(rows)
+        unreadable = 0
 
         async def take(page: list[OperationLog]) -> None:
             # Each answer is used as soon as its page arrives: a task on the first page is not
-            # held while the rest of the listing is read.
+            # held while the rest of the sweep is read.
             for answer in page:
                 entry = held.pop(answer.id, None)
                 if entry is not None:
@@ -167,35 +187,133 @@ class RefreshSweep:
                     await self._poll.answered(*entry, answer, next_look=backstop)
                     self._poll.ensure_next(*entry)
 
+        pages_left = self._max_pages()
         try:
             try:
-                result = await listing.list_all(
-                    self._poll.client,
-                    plan,
-                    wanted=list(held),
-                    acquire=self._acquire_page,
-                    under_way=self._scheduler.requests_under_way,
-                    on_page=take,
-                    max_pages=self._max_pages(),
-                )
-            except listing.IncompleteListingError:
-                # The list was longer than the sweep may read: what was read is used, the rest
-                # look for themselves, and the next sweep knows the list is longer.
-                self._poll.swept = len(chosen) - len(held)
-                self._hand_back(list(held.values()), confirm=False)
-                return
+                while held:
+                    side = self._next_side(sides, rows, held)
+                    if side is None:
+                        break
+                    if pages_left <= 0:
+                        # More to read than the budget allows one sweep: the rest look for
+                        # themselves, spread out, and no missing task is concluded.
+                        self._poll.swept = len(wanted) - len(held)
+                        self._hand_back(list(held.values()), confirm=False)
+                        return
+                    before = side.pager.result.pages
+                    logs = await side.pager.next_page()
+                    pages_left -= side.pager.result.pages - before
+                    self._learn(side, logs)
+                    log.debug(
+                        "refresh.page",
+                        listing="running" if side.running_only else "head",
+                        returned=side.pager.last_returned,
+                        short=side.short,
+                        unseen=len(held) - sum(answer.id in held for answer in logs),
+                    )
+                    await take(logs)
             except Exception as error:
-                self._poll.swept = len(chosen) - len(held)
+                self._poll.swept = len(wanted) - len(held)
                 await self._failed(error, list(held.values()))
                 return
-            self._poll.swept = len(chosen) - len(held)
-            self._succeeded(result, covered_since=min(row.created_wall or 0.0 for _, row in chosen))
-            # Ended and deleted, skipped by a shifting list, or an unreadable entry: one
-            # ShowOpLog each, spread out.
+            self._poll.swept = len(wanted) - len(held)
+            unreadable = sum(side.pager.result.malformed for side in sides)
+            self._succeeded(sides, unreadable)
+            # Ended long after it was created, deleted, skipped by a shifting list, never
+            # there, or an unreadable entry: one ShowOpLog each.
             self._hand_back(list(held.values()), confirm=True)
         finally:
             for slot, generation in held.values():
                 self._poll.ensure_next(slot, generation)
+
+    def _sides(self, rows: Mapping[str, WatchedTask]) -> list[_Side]:
+        """The head listing and the running listing of one sweep."""
+        every = list(rows.values())
+        narrow = listing.narrowing(every)
+        running = [row for row in every if row.status == RUNNING]
+
+        def side(query: dict[str, str], running_only: bool) -> _Side:
+            pager = listing.Pager(
+                self._poll.client,
+                listing.Listing(query=query),
+                acquire=self._acquire_page,
+                limit=listing.LIST_LIMIT,
+                under_way=self._scheduler.requests_under_way,
+            )
+            return _Side(pager, running_only, reach=self._first_reach[running_only])
+
+        return [
+            side({**narrow, **listing.since(every)}, running_only=False),
+            side({**narrow, **listing.since(running), "status": RUNNING}, running_only=True),
+        ]
+
+    def _next_side(
+        self,
+        sides: Sequence[_Side],
+        rows: Mapping[str, WatchedTask],
+        held: Mapping[str, object],
+    ) -> _Side | None:
+        """The listing whose next page is expected to find the most unseen tasks; None when
+        no page would find more than one (a ShowOpLog each is then no dearer)."""
+        best, best_gain = None, MIN_GAIN
+        for side in sides:
+            gain = self._gain(side, rows, held)
+            if gain > best_gain:
+                best, best_gain = side, gain
+        return best
+
+    def _gain(
+        self, side: _Side, rows: Mapping[str, WatchedTask], held: Mapping[str, object]
+    ) -> float:
+        """How many unseen tasks the next page of `side` is expected to show."""
+        if side.pager.ended:
+            return 0.0
+        started = side.pager.result.pages > 0
+        candidates = 0
+        in_reach = 0
+        for task_id in held:
+            row = rows[task_id]
+            if side.running_only and row.status != RUNNING:
+                continue
+            candidates += 1
+            created = row.created_wall
+            if created is None:
+                # Never seen: most likely just created, so on the head's first page (a running
+                # task whose answers lack a creation time may be on any page).
+                in_reach += side.running_only or not started
+            elif side.floor is not None and created > side.floor:
+                continue  # newer than what was read, yet not on those pages: not listed there
+            elif side.reach is None or created >= side.reach:
+                in_reach += 1
+        if side.short:
+            # The list probably ended; read on only when many are missing (pages cut shorter
+            # than asked, the first time a cloud does it).
+            if candidates > max(MIN_GAIN, SHORT_PAGE_DOUBT * len(rows)):
+                return float(candidates)
+            return 0.0
+        return float(in_reach)
+
+    def _learn(self, side: _Side, logs: Sequence[OperationLog]) -> None:
+        """After a page of `side`: where the next page should reach, and page sizes."""
+        pager = side.pager
+        returned = pager.last_returned
+        if pager.ended:
+            side.short = True
+            return
+        if side.short and returned:
+            # A page after a short one held more: the cloud serves pages shorter than asked.
+            self._full_page = min(self._full_page, max(side.pager.result.largest_page, 1))
+        elif returned > self._full_page:
+            self._full_page = returned  # (a list that grew between pages misled us before)
+        side.short = returned < self._full_page
+        created = [c.timestamp() for log in logs if (c := log.created_at) is not None]
+        if not created:
+            return
+        top = self._clock.wall() if side.floor is None else side.floor
+        side.floor = min(min(created), top)
+        if side.pager.result.pages == 1:
+            self._first_reach[side.running_only] = None if side.short else side.floor
+        side.reach = side.floor - max(top - side.floor, 1.0)
 
     def _max_pages(self) -> int:
         """The pages one sweep may read: what the budget serves in one poll_interval_max (a
@@ -208,28 +326,16 @@ class RefreshSweep:
         await self._scheduler.acquire_request()
         self._stats.list_pages += 1
 
-    def _succeeded(self, result: listing.ListResult, *, covered_since: float) -> None:
+    def _succeeded(self, sides: Sequence[_Side], unreadable: int) -> None:
         self._poll.upstream.ok()
         if self._failures or self._refused:
             log.info("refresh.list_recovered", failures=self._failures)
         self._failures, self._refused = 0, False
-        # What this listing read, plus what earlier ones read further back: a listing that
-        # stopped early says nothing about how crowded the older part of the list is.
-        window = math.floor(covered_since)
-        older = self._seen_created[: bisect.bisect_left(self._seen_created, window)]
-        self._seen_created = older + sorted(
-            created
-            for answer in result.found.values()
-            if answer.created_at is not None
-            and (created := answer.created_at.timestamp()) >= window
-        )
-        if result.largest_page:
-            self._page_size = min(result.largest_page, listing.LIST_LIMIT)
-        if result.malformed:
-            self._stats.list_malformed["refresh"] += result.malformed
+        if unreadable:
+            self._stats.list_malformed["refresh"] += unreadable
             log.warning(
                 "refresh.entries_unreadable",
-                entries=result.malformed,
+                entries=unreadable,
                 detail="each spoils only its own entry; those tasks are confirmed one by one",
             )
 
@@ -278,6 +384,10 @@ class RefreshSweep:
         window = max(
             policy.interval_max - self.interval, policy.interval_min, self._poll.budget_floor()
         )
+        if confirm and len(held) <= self._scheduler.budget.sustained_rate:
+            # A few tasks no listing showed (most of them ended): confirmed at once, which the
+            # budget serves within a second.
+            window = 0.0
         for slot, generation in held:
             if not self._scheduler.current(slot, generation):
                 continue

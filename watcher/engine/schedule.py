@@ -6,11 +6,15 @@ engine can log and count why a task waits as long as it does. Most watched tasks
 at by the refresh sweep (`watcher.engine.refresh`); this cadence is for the rest, and is the
 backstop under the sweep.
 
-One hard rule first: no gap between two looks at an active task exceeds `poll_interval_max`
-(`bounded`). Back-off, stalls, `progress_interval` and Retry-After all stop there, so an end
+Two hard rules first. No gap between two looks at an active task exceeds `poll_interval_max`
+(`bounded`): back-off, stalls, `progress_interval` and Retry-After all stop there, so an end
 nobody can predict (a failure mid-run) is never seen later than a plain poller at
-`poll_interval_max` would see it. Within that, the estimate (see `watcher.engine.estimator`)
-only brings a look forward near a predicted end:
+`poll_interval_max` would see it. And after an answer no own look comes sooner either
+(`on_grid`), except one brought forward to a predicted end: a task watched alone costs no
+more than that plain poller, and a predicted end is seen at once.
+
+What the estimate (see `watcher.engine.estimator`) wishes for, before `on_grid` (its
+predicted end is what `on_grid` aligns to; the reasons name why):
 
 * first look at once; running before progress first moves: the time it has run so far
   (`no_rate`);
@@ -105,6 +109,8 @@ class PollState:
     """Progress samples of the current status (bounded); None for tasks without progress."""
     estimated_end: float | None = None
     """Wall time the task is expected to end, when the last decision had an estimate."""
+    aligned_end: float | None = None
+    """The predicted end a look was last brought forward to (`on_grid`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +168,26 @@ def after_success(
     delay, reason, growth = _by_estimate(policy, state, estimate, now=now, rng=rng)
     new = PollState(quiet_polls=growth, track=track, estimated_end=estimate.end)
     return Decision(new, min(delay, policy.progress_interval), reason)
+
+
+def on_grid(policy: Policy, previous: PollState, decision: Decision, *, now: float) -> Decision:
+    """A task's own looks after an answer: every interval_max, as a fixed poller's are.
+
+    Between two looks at most interval_max apart, a look sooner than that costs a request the
+    fixed poller does not make, and buys something only when it lands on an end. So the
+    estimate's wish (`after_success`) may bring one look forward to its predicted end — once
+    per prediction: when the task is still running there, the estimate moved, and looking
+    again at once would only pay twice — and nothing else is sooner than interval_max.
+    """
+    if decision.delay >= policy.interval_max:
+        return decision
+    state = replace(decision.state, aligned_end=previous.aligned_end)
+    end = state.estimated_end
+    if end is not None and 0.0 < end - now < policy.interval_max:
+        done = previous.aligned_end
+        if done is None or abs(end - done) > policy.interval_max:
+            return Decision(replace(state, aligned_end=end), end - now, Reason.NEAR_END)
+    return Decision(state, policy.interval_max, decision.reason)
 
 
 def _unchanged_or_changed(

@@ -129,7 +129,7 @@ def on_answer(
         draft, expired_event = expire(draft, policy, now_wall=now_wall)
         events.append(expired_event)
     else:
-        decision = schedule.after_success(
+        wish = schedule.after_success(
             policy,
             draft.poll_state,
             changed=status_changed or progress_changed,
@@ -138,6 +138,7 @@ def on_answer(
             progress=progress,
             now=now_wall,
         )
+        decision = schedule.on_grid(policy, draft.poll_state, wish, now=now_wall)
     return Answered(
         row=draft,
         events=events,
