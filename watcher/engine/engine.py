@@ -373,6 +373,9 @@ class Engine:
     async def run(self) -> None:
         """Schedule looks until `stop()` (or, with exit_when_done, until every task ended)."""
         sweeping = asyncio.create_task(self.refresh.run(), name="refresh sweep")
+        # Let the first sweep take the tasks named before the start (it holds them before its
+        # first page), so none of them gets a ShowOpLog of its own as well.
+        await asyncio.sleep(0)
         try:
             while not self._stopping:
                 self.last_turn = now = self._clock.monotonic()

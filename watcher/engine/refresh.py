@@ -74,6 +74,8 @@ class _Side:
     """Creation time of the oldest entry read so far."""
     short: bool = False
     """The last page returned fewer entries than a full page: the list probably ended."""
+    named_found: int = 0
+    """Tasks of unknown creation time (named, never seen) the last page showed."""
 
 
 class RefreshSweep:
@@ -204,6 +206,9 @@ class RefreshSweep:
                     logs = await side.pager.next_page()
                     pages_left -= side.pager.result.pages - before
                     self._learn(side, logs)
+                    side.named_found = sum(
+                        1 for a in logs if a.id in held and rows[a.id].created_wall is None
+                    )
                     log.debug(
                         "refresh.page",
                         listing="running" if side.running_only else "head",
@@ -271,6 +276,7 @@ class RefreshSweep:
         started = side.pager.result.pages > 0
         candidates = 0
         in_reach = 0
+        named = 0
         for task_id in held:
             row = rows[task_id]
             if side.running_only and row.status != RUNNING:
@@ -281,6 +287,7 @@ class RefreshSweep:
                 # Never seen: most likely just created, so on the head's first page (a running
                 # task whose answers lack a creation time may be on any page).
                 in_reach += side.running_only or not started
+                named += 1
             elif side.floor is not None and created > side.floor:
                 continue  # newer than what was read, yet not on those pages: not listed there
             elif side.reach is None or created >= side.reach:
@@ -291,6 +298,10 @@ class RefreshSweep:
             if candidates > max(MIN_GAIN, SHORT_PAGE_DOUBT * len(rows)):
                 return float(candidates)
             return 0.0
+        if started and not side.running_only:
+            # A burst of named tasks spans pages: the next is expected to hold as many of them
+            # as the last one did.
+            in_reach += min(named, side.named_found)
         return float(in_reach)
 
     def _learn(self, side: _Side, logs: Sequence[OperationLog]) -> None:
