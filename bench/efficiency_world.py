@@ -428,14 +428,22 @@ class AfterSuccess(Protocol):
 
 @contextlib.contextmanager
 def cadence(after_success: AfterSuccess | None) -> Iterator[None]:
-    """Make the engine use `after_success` (the engine calls `schedule.after_success`)."""
-    original = schedule.after_success
+    """Make the engine use `after_success` (the engine calls `schedule.after_success`), as
+    it is: a baseline's cadence also replaces `schedule.on_grid`, cbr-watcher's own rule."""
+    original, original_grid = schedule.after_success, schedule.on_grid
     if after_success is not None:
         schedule.after_success = after_success
+        schedule.on_grid = _as_wished
     try:
         yield
     finally:
         schedule.after_success = original
+        schedule.on_grid = original_grid
+
+
+def _as_wished(policy: Policy, previous: PollState, decision: Decision, *, now: float) -> Decision:
+    """`schedule.on_grid` for a baseline: its cadence's decision, unchanged."""
+    return decision
 
 
 # ---- one run -------------------------------------------------------------------------------

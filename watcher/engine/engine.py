@@ -375,6 +375,7 @@ class Engine:
         sweeping = asyncio.create_task(self.refresh.run(), name="refresh sweep")
         # Let the first sweep take the tasks named before the start (it holds them before its
         # first page), so none of them gets a ShowOpLog of its own as well.
+        self.last_turn = self._clock.monotonic()
         await asyncio.sleep(0)
         try:
             while not self._stopping:

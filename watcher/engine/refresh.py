@@ -25,6 +25,7 @@ credentials may not list) is logged once, counted, and turns the sweep off for a
 
 from __future__ import annotations
 
+import bisect
 import math
 import random
 from collections.abc import Mapping, Sequence
@@ -76,6 +77,52 @@ class _Side:
     """The last page returned fewer entries than a full page: the list probably ended."""
     named_found: int = 0
     """Tasks of unknown creation time (named, never seen) the last page showed."""
+
+
+class _Unseen:
+    """The tasks a sweep has not seen yet, by creation time, for each listing (the head
+    lists every task, the running listing those last seen running): how many a page that
+    spans some creation times is expected to show costs a bisection, not a scan."""
+
+    def __init__(self, rows: Mapping[str, WatchedTask], held: Mapping[str, object]) -> None:
+        self._held = held
+        self.total = len(rows)
+        known = sorted(
+            (created, task_id)
+            for task_id, row in rows.items()
+            if (created := row.created_wall) is not None
+        )
+        running = [(c, t) for c, t in known if rows[t].status == RUNNING]
+        self._created = {False: [c for c, _ in known], True: [c for c, _ in running]}
+        self._ids = {False: [t for _, t in known], True: [t for _, t in running]}
+        named = [t for t, row in rows.items() if row.created_wall is None]
+        self._named = {False: named, True: [t for t in named if rows[t].status == RUNNING]}
+
+    def created_between(self, running_only: bool, low: float | None, high: float | None) -> int:
+        """Unseen tasks created in [low, high] (None: unbounded)."""
+        created, ids = self._created[running_only], self._ids[running_only]
+        start = 0 if low is None else bisect.bisect_left(created, low)
+        stop = len(created) if high is None else bisect.bisect_right(created, high)
+        held = self._held
+        return sum(1 for task_id in ids[start:stop] if task_id in held)
+
+    def running_between(self, low: float | None, high: float | None) -> int:
+        """Tasks last seen running, created in [low, high], seen by this sweep or not."""
+        created = self._created[True]
+        start = 0 if low is None else bisect.bisect_left(created, low)
+        stop = len(created) if high is None else bisect.bisect_right(created, high)
+        return stop - start
+
+    def named(self, running_only: bool) -> int:
+        """Unseen tasks whose creation time is not known (named, never seen)."""
+        held = self._held
+        return sum(1 for task_id in self._named[running_only] if task_id in held)
+
+    def eligible(self, running_only: bool) -> int:
+        """Every unseen task the listing may show."""
+        if not running_only:
+            return len(self._held)
+        return self.created_between(True, None, None) + self.named(True)
 
 
 class RefreshSweep:
@@ -177,6 +224,7 @@ class RefreshSweep:
         held = {slot.task_id: (slot, self._scheduler.hold(slot)) for slot, _ in wanted}
         backstop = self._poll.policy.interval_max
         sides = self._sides(rows)
+        unseen = _Unseen(rows, held)
         unreadable = 0
 
         async def take(page: list[OperationLog]) -> None:
@@ -193,7 +241,7 @@ class RefreshSweep:
         try:
             try:
                 while held:
-                    side = self._next_side(sides, rows, held)
+                    side = self._next_side(sides, unseen)
                     if side is None:
                         break
                     if pages_left <= 0:
@@ -252,57 +300,42 @@ class RefreshSweep:
             side({**narrow, **listing.since(running), "status": RUNNING}, running_only=True),
         ]
 
-    def _next_side(
-        self,
-        sides: Sequence[_Side],
-        rows: Mapping[str, WatchedTask],
-        held: Mapping[str, object],
-    ) -> _Side | None:
+    def _next_side(self, sides: Sequence[_Side], unseen: _Unseen) -> _Side | None:
         """The listing whose next page is expected to find the most unseen tasks; None when
         no page would find more than one (a ShowOpLog each is then no dearer)."""
         best, best_gain = None, MIN_GAIN
         for side in sides:
-            gain = self._gain(side, rows, held)
+            gain = self._gain(side, unseen)
             if gain > best_gain:
                 best, best_gain = side, gain
         return best
 
-    def _gain(
-        self, side: _Side, rows: Mapping[str, WatchedTask], held: Mapping[str, object]
-    ) -> float:
+    def _gain(self, side: _Side, unseen: _Unseen) -> float:
         """How many unseen tasks the next page of `side` is expected to show."""
         if side.pager.ended:
             return 0.0
-        started = side.pager.result.pages > 0
-        candidates = 0
-        in_reach = 0
-        named = 0
-        for task_id in held:
-            row = rows[task_id]
-            if side.running_only and row.status != RUNNING:
-                continue
-            candidates += 1
-            created = row.created_wall
-            if created is None:
-                # Never seen: most likely just created, so on the head's first page (a running
-                # task whose answers lack a creation time may be on any page).
-                in_reach += side.running_only or not started
-                named += 1
-            elif side.floor is not None and created > side.floor:
-                continue  # newer than what was read, yet not on those pages: not listed there
-            elif side.reach is None or created >= side.reach:
-                in_reach += 1
         if side.short:
             # The list probably ended; read on only when many are missing (pages cut shorter
             # than asked, the first time a cloud does it).
-            if candidates > max(MIN_GAIN, SHORT_PAGE_DOUBT * len(rows)):
+            candidates = unseen.eligible(side.running_only)
+            if candidates > max(MIN_GAIN, SHORT_PAGE_DOUBT * unseen.total):
                 return float(candidates)
             return 0.0
-        if started and not side.running_only:
-            # A burst of named tasks spans pages: the next is expected to hold as many of them
-            # as the last one did.
-            in_reach += min(named, side.named_found)
-        return float(in_reach)
+        if side.running_only:
+            # Every running task is on some page of this listing, and the first pages may only
+            # repeat what the head showed: the pages still to read are worth what they find on
+            # average, not what the next one alone would.
+            wanted = unseen.created_between(True, None, side.floor) + unseen.named(True)
+            left = unseen.running_between(None, side.floor)
+            return wanted / max(1, math.ceil(left / self._full_page))
+        # Newer than what was read yet not on those pages: not in this listing at all.
+        in_reach = unseen.created_between(side.running_only, side.reach, side.floor)
+        # Never seen: most likely just created, so on the head's first page; a burst of them
+        # spans pages, the next expected to hold as many as the last one did.
+        named = unseen.named(False)
+        if side.pager.result.pages == 0:
+            return float(in_reach + named)
+        return float(in_reach + min(named, side.named_found))
 
     def _learn(self, side: _Side, logs: Sequence[OperationLog]) -> None:
         """After a page of `side`: where the next page should reach, and page sizes."""
