@@ -9,7 +9,8 @@ population (see `efficiency_population`): N slots, each running one CBR-like bac
 another, so exactly N tasks are pending at every instant, of every age (log-normal running
 time, median 20 min, 90th percentile 3 h; stalls, jumps, 5 % failures). The engine starts at
 time 0 with the N tasks then pending and is handed every later task the instant it is created
-(`Engine.add`: first look at once). After a warm-up, a measurement window; the runs go on for
+(`Engine.add`: its first look at once, or with the refresh sweep on, the next sweep's). After
+a warm-up, a measurement window; the runs go on for
 a grace period after it, so every end inside the window can be seen.
 
 * `cbr-watcher (defaults)` — `Policy()` with the refresh sweep on (`batch_refresh=True`);
@@ -19,7 +20,8 @@ a grace period after it, so every end inside the window can be seen.
   `poll_interval_max` is 120 s, so the engine's hard cap does not cut it to 15 s);
 * the limit — one request per task, seen the instant it ends.
 
-The baselines replace `watcher.engine.schedule.after_success` and run with the sweep off. The
+The baselines replace `watcher.engine.schedule.after_success` (and `on_grid`, cbr-watcher's own
+rule) and run with the sweep off. The
 request budget is out of the way (10⁶/s): this compares cadences. cbr-watcher also runs once in
 each simulator dialect, and two "listing refused" scenarios run with a budget of 500/s.
 

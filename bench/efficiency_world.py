@@ -17,8 +17,10 @@ affordable, both exact for this population:
 * a page is cut from the simulator's newest-first order by bisection instead of by scanning
   every task before the offset, which `watcher.sim.listing.select` does and which costs
   O(offset) per page. Exact when every task matches the query's filters (one vault, one
-  operation type, visible at once, no status filter): `uniform` asserts it for every task the
-  bench creates, and the bench's smoke test compares the cut with `select`.
+  operation type, visible at once): `uniform` asserts it for every task the bench creates. A
+  `status=running` page is cut the same way from an index of the tasks running now
+  (`RunningIndex`, kept up to date as the clock moves). The bench's smoke test compares both
+  cuts with `select`.
 
 **The clock.** `drive` jumps the fake clock to its next timer only once every coroutine waits
 on it (CPython's ready queue is empty twice in a row) and, over a socket, no request is on
@@ -166,7 +168,7 @@ class DirectCbr:
 
 def cut_page(sim: Simulator, query: ListQuery, dialect: Dialect) -> tuple[int, list[SimTask]]:
     """(count, page) for `query`, as `watcher.sim.listing.select` answers it when every task
-    is `uniform` and the query has no status filter (which the refresh sweep never sends)."""
+    is `uniform` and the query has no status filter (see `RunningIndex` for one)."""
     if query.status is not None:
         raise ValueError("the direct transport cuts pages without a status filter only")
     if query.by_vault and OPERATION_TYPE in dialect.null_vault_for:

@@ -256,7 +256,8 @@ async def start_daemon(
         raise
 
 
-LISTING_DIALECTS = ("default", "examples", "page-count", "capped", "worst-case")
+LISTING_DIALECTS = ("default", "examples", "page-count", "capped", "worst-case", "oldest-first")
 """The simulator's guesses about what the real list API does (`watcher.sim.dialects`) that a
-listing must survive: `count` per page, pages capped at 100, zoneless times and nulls. A test
+listing must survive: `count` per page, pages capped at 100, zoneless times and nulls, the
+oldest task first. A test
 module marked `every_dialect` runs each test that takes `world` once per dialect."""

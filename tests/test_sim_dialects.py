@@ -96,6 +96,7 @@ async def test_the_default_dialect_is_the_simulator_as_it_was(sim: Simulator, ap
             "null_policy": False,
             "null_vault_for": [],
             "retry_after": "fault",
+            "order": "newest",
             "list_forbidden": False,
         },
     )
@@ -146,6 +147,24 @@ async def test_a_capped_page_is_short_without_being_the_end(sim: Simulator, api:
             break
         found += [log.id for log in page.operation_logs]
     assert sorted(found) == [f"t{n:02d}" for n in range(10)]
+
+
+# -- order ----------------------------------------------------------------------------------
+
+
+async def test_the_list_order_is_newest_or_oldest_first(
+    sim: Simulator, clock: FakeClock, api: Api
+) -> None:
+    """`order = "oldest"` lists the same tasks the other way round, page by page."""
+    for n in range(4):
+        sim.add_task(SimTaskSpec(id=f"o{n}"))
+        clock.advance(1.0)
+    assert ids(await listed(api, limit="3")) == ["o3", "o2", "o1"]
+    sim.dialect = dialect_from_mapping({"order": "oldest"})
+    assert ids(await listed(api, limit="3")) == ["o0", "o1", "o2"]
+    assert ids(await listed(api, limit="3", offset="3")) == ["o3"]
+    with pytest.raises(ValueError, match="order must be one of newest, oldest"):
+        dialect_from_mapping({"order": "random"})
 
 
 # -- timestamps -----------------------------------------------------------------------------

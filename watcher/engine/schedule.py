@@ -171,23 +171,26 @@ def after_success(
 
 
 def on_grid(policy: Policy, previous: PollState, decision: Decision, *, now: float) -> Decision:
-    """A task's own looks after an answer: every interval_max, as a fixed poller's are.
+    """A task's own looks after an answer: every min(interval_max, progress_interval), as a
+    fixed poller's are.
 
-    Between two looks at most interval_max apart, a look sooner than that costs a request the
-    fixed poller does not make, and buys something only when it lands on an end. So the
-    estimate's wish (`after_success`) may bring one look forward to its predicted end — once
-    per prediction: when the task is still running there, the estimate moved, and looking
-    again at once would only pay twice — and nothing else is sooner than interval_max.
+    Between two looks that far apart, a look sooner costs a request the fixed poller does not
+    make, and buys something only when it lands on an end. So the estimate's wish
+    (`after_success`) may bring one look forward to its predicted end (never sooner than
+    interval_min) — once per prediction: when the task is still running there, the estimate
+    moved, and looking again at once would only pay twice — and nothing else comes sooner.
     """
-    if decision.delay >= policy.interval_max:
+    grid = min(policy.interval_max, policy.progress_interval)
+    if decision.delay >= grid:
         return decision
     state = replace(decision.state, aligned_end=previous.aligned_end)
     end = state.estimated_end
-    if end is not None and 0.0 < end - now < policy.interval_max:
+    if end is not None and 0.0 < end - now < grid:
         done = previous.aligned_end
-        if done is None or abs(end - done) > policy.interval_max:
-            return Decision(replace(state, aligned_end=end), end - now, Reason.NEAR_END)
-    return Decision(state, policy.interval_max, decision.reason)
+        if done is None or abs(end - done) > grid:
+            delay = min(max(end - now, policy.interval_min), grid)
+            return Decision(replace(state, aligned_end=end), delay, Reason.NEAR_END)
+    return Decision(state, grid, decision.reason)
 
 
 def _unchanged_or_changed(

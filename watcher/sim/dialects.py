@@ -23,6 +23,8 @@ is the simulator as it always behaved.
   says: `throttle:N` sends N, `throttle` and the random profile's share send none), "never"
   (what the real gateway seems to do) or "always" (a plain `throttle` sends the fault
   profile's `retry_after_seconds`). Hostile `throttle_odd` faults are not affected.
+- `order`: the order ListOpLogs lists tasks in. "newest" (newest first, as the simulator always
+  did) or "oldest" (oldest first). The reference names no sort parameter and no order.
 - `list_forbidden`: ListOpLogs answers 403 `APIGW.0302` (credentials without the list
   permission) while ShowOpLog keeps working. Switchable at run time, like every field,
   through `PUT /_sim/dialect`.
@@ -38,9 +40,11 @@ from typing import Any, Literal, get_args
 CountMode = Literal["total", "page"]
 TimeStyle = Literal["task", "Z", "+00:00", "zoneless"]
 RetryAfterMode = Literal["fault", "never", "always"]
+ListOrder = Literal["newest", "oldest"]
 COUNT_MODES: tuple[str, ...] = get_args(CountMode)
 TIME_STYLES: tuple[str, ...] = get_args(TimeStyle)
 RETRY_AFTER_MODES: tuple[str, ...] = get_args(RetryAfterMode)
+LIST_ORDERS: tuple[str, ...] = get_args(ListOrder)
 PRESET_KEY = "preset"
 # The operation types whose vault the official examples leave null, in our reading: a
 # restore writes to a resource outside the vault, a vault deletion removes the vault itself.
@@ -77,12 +81,14 @@ class Dialect:
     null_policy: bool = False
     null_vault_for: frozenset[str] = frozenset()
     retry_after: RetryAfterMode = "fault"
+    order: ListOrder = "newest"
     list_forbidden: bool = False
 
     def __post_init__(self) -> None:
         _choice("count", self.count, COUNT_MODES)
         _choice("timestamps", self.timestamps, TIME_STYLES)
         _choice("retry_after", self.retry_after, RETRY_AFTER_MODES)
+        _choice("order", self.order, LIST_ORDERS)
         cap = self.limit_cap
         if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 1):
             raise ValueError("limit_cap must be a positive integer")
@@ -125,6 +131,7 @@ PRESETS: Mapping[str, Dialect] = MappingProxyType(
         "capped": Dialect(limit_cap=100),
         "no-retry-after": Dialect(retry_after="never"),
         "no-list": Dialect(list_forbidden=True),
+        "oldest-first": Dialect(order="oldest"),
         # Every unkind but plausible answer at once, short of refusing the listing.
         "worst-case": replace(_EXAMPLES, count="page", limit_cap=100, retry_after="never"),
     }

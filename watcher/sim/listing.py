@@ -22,7 +22,7 @@ guesses a `Dialect` can switch are marked "dialect"):
 - A task whose vault the dialect shows as null (`null_vault_for`) matches no `vault_id` or
   `vault_name` filter.
 - Order: newest first by creation time, ties by task ID ascending (the real order is
-  UNVERIFIED; CBR has no sort parameter).
+  UNVERIFIED; CBR has no sort parameter); dialect `order = "oldest"` reverses it.
 - Every request sees the tasks as they are at its own instant, so a task that ends between two
   page requests leaves a `status=running` listing and the later offsets shift under the pager.
 
@@ -166,7 +166,10 @@ def select(
     no_vault = dialect.null_vault_for if query.by_vault else frozenset()
     count = 0
     page: list[SimTask] = []
-    for task in tasks.window(query.start, query.end):
+    window = tasks.window(query.start, query.end)
+    if dialect.order == "oldest":
+        window = reversed(list(window))
+    for task in window:
         if now - task.created_wall < task.spec.visible_after:
             continue
         if no_vault and task.spec.operation_type in no_vault:

@@ -26,6 +26,7 @@ timestamps = "task"                               # "task" | "Z" | "+00:00" | "z
 null_policy = false                               # "policy_id": null when a task has none
 null_vault_for = ["restore", "vault_delete"]      # vault_id/vault_name null for these types
 retry_after = "fault"                             # 429 Retry-After: "fault" | "never" | "always"
+order = "newest"                                  # ListOpLogs order: "newest" | "oldest" first
 list_forbidden = false                            # ListOpLogs answers 403 APIGW.0302
 [[tasks]]
 id = "backup-ecs-0001"                            # optional
