@@ -64,7 +64,7 @@ WARMUP = 300.0
 GRACE = 30.0
 """After the window, on top of the system's `poll_interval_max` (Smithy's is 120 s): an end
 inside the window not seen by then counts as missed."""
-DIALECTS = ("default", "page-count", "capped", "examples", "worst-case")
+DIALECTS = ("default", "page-count", "capped", "examples", "worst-case", "oldest-first")
 BASELINE_SLOTS = 1000
 REFUSED_SIZE = 10_000
 REFUSED_RPS = 500.0

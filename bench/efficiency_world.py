@@ -181,9 +181,20 @@ def cut_page(sim: Simulator, query: ListQuery, dialect: Dialect) -> tuple[int, l
         else bisect.bisect_right(tasks, -query.start, key=_negated_creation)
     )
     size = query.limit if dialect.limit_cap is None else min(query.limit, dialect.limit_cap)
-    first = low + query.offset
-    page = list(tasks[first : min(high, first + size)]) if first < high else []
+    start, stop = _cut(low, high, query.offset, size, dialect)
+    page = list(tasks[start:stop])
+    if dialect.order == "oldest":
+        page.reverse()
     return (len(page) if dialect.count == "page" else high - low), page
+
+
+def _cut(low: int, high: int, offset: int, size: int, dialect: Dialect) -> tuple[int, int]:
+    """The slice of a newest-first list [low, high) that a page at `offset` holds."""
+    if dialect.order == "oldest":
+        last = high - offset
+        return (max(low, last - size), last) if last > low else (low, low)
+    first = low + offset
+    return (first, min(high, first + size)) if first < high else (low, low)
 
 
 def running_span(task: SimTask) -> tuple[float, float] | None:
@@ -253,10 +264,11 @@ class RunningIndex:
             else bisect.bisect_right(keys, (-query.start, "\uffff"))
         )
         size = query.limit if dialect.limit_cap is None else min(query.limit, dialect.limit_cap)
-        first = low + query.offset
-        chosen = keys[first : min(high, first + size)] if first < high else []
+        start, stop = _cut(low, high, query.offset, size, dialect)
         tasks = self._sim.tasks
-        page = [tasks[task_id] for _, task_id in chosen]
+        page = [tasks[task_id] for _, task_id in keys[start:stop]]
+        if dialect.order == "oldest":
+            page.reverse()
         return (len(page) if dialect.count == "page" else high - low), page
 
 

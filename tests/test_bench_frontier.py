@@ -35,7 +35,7 @@ def test_population_keeps_exactly_n_pending_and_slots_do_not_depend_on_n() -> No
     assert [t.ends for t in small.running] == [t.ends for t in pop.running[:3]]
 
 
-@pytest.mark.parametrize("dialect", ["default", "capped", "page-count", "examples"])
+@pytest.mark.parametrize("dialect", ["default", "capped", "page-count", "examples", "oldest-first"])
 def test_the_direct_transport_cuts_pages_as_the_simulator_selects(dialect: str) -> None:
     clock = FakeClock()
     sim = Simulator(clock, dialect=PRESETS[dialect])
@@ -56,7 +56,7 @@ def test_the_direct_transport_cuts_pages_as_the_simulator_selects(dialect: str) 
             assert [task.id for task in page] == [task.id for task in expected]
 
 
-@pytest.mark.parametrize("dialect", ["default", "capped", "page-count"])
+@pytest.mark.parametrize("dialect", ["default", "capped", "page-count", "oldest-first"])
 def test_the_direct_transport_lists_running_tasks_as_the_simulator_selects(dialect: str) -> None:
     """The running index follows the clock: tasks start and end as the simulator says."""
     clock = FakeClock()
